@@ -1,0 +1,212 @@
+"""The network: a config (``NetSpec``) that fixes the whole shape, and the module built from it.
+
+``NetSpec`` is the single source of a model's architecture. Presets, the ``Builder`` and YAML/JSON
+specs all produce one; checkpoints store it (``to_dict``) so that a model can be rebuilt anywhere.
+The module reads like the paper's parts: stem -> stages of blocks -> head (global pool + linear).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, replace
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..errors import SpecError
+from .blocks import BLOCK_KINDS, STRIDE_POSITIONS, BlockSpec, make_block
+from .shortcuts import SHORTCUT_OPTIONS
+
+POOL_KINDS = ("max", "avg")
+
+
+@dataclass(frozen=True)
+class PoolSpec:
+    kind: str  # "max" | "avg"
+    kernel: int
+    stride: int
+    padding: int = 0
+
+
+@dataclass(frozen=True)
+class StemSpec:
+    """The first conv (+ BN + ReLU), optionally followed by a pool (ImageNet: 7x7/2 then 3x3/2 max)."""
+
+    channels: int
+    kernel: tuple[int, int] = (3, 3)
+    stride: int = 1
+    pool: PoolSpec | None = None
+
+
+@dataclass(frozen=True)
+class StageSpec:
+    """Blocks that run at one resolution and width; ``pool`` (if any) runs before the first block."""
+
+    blocks: tuple[BlockSpec, ...]
+    pool: PoolSpec | None = None
+
+
+@dataclass(frozen=True)
+class NetSpec:
+    in_channels: int
+    num_classes: int
+    stem: StemSpec
+    stages: tuple[StageSpec, ...]
+    # "A" | "B" | "C" (paper Sec. 3.3); ignored when residual is False.
+    shortcut: str = "A"
+    # False gives the plain counterpart: the same layers with no shortcuts (paper Sec. 4.1, 4.2).
+    residual: bool = True
+    # Where a strided bottleneck puts its stride: "1x1" as in the paper, "3x3" as torchvision ("v1.5").
+    bottleneck_stride: str = "1x1"
+    # Optional pool between the last stage and the global average pool (the old library's avg_pool).
+    head_pool: PoolSpec | None = None
+    # Start each residual branch at zero by zeroing its last BN's scale (Goyal et al. 2017).
+    zero_init_residual: bool = False
+    name: str = "custom"
+
+    def __post_init__(self) -> None:
+        if self.shortcut not in SHORTCUT_OPTIONS:
+            raise SpecError(f"unknown shortcut option {self.shortcut!r}; choose one of A, B, C")
+        if self.bottleneck_stride not in STRIDE_POSITIONS:
+            raise SpecError(f"bottleneck_stride must be one of {STRIDE_POSITIONS}, got {self.bottleneck_stride!r}")
+        for name, value in (("in_channels", self.in_channels), ("num_classes", self.num_classes)):
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise SpecError(f"{name} must be a positive integer, got {value!r}")
+        for stage in self.stages:
+            for block in stage.blocks:
+                if block.kind not in BLOCK_KINDS:
+                    raise SpecError(f"unknown block kind {block.kind!r}; choose one of {', '.join(BLOCK_KINDS)}")
+
+    @property
+    def blocks(self) -> list[BlockSpec]:
+        return [block for stage in self.stages for block in stage.blocks]
+
+    @property
+    def out_channels(self) -> int:
+        blocks = self.blocks
+        return blocks[-1].out_channels if blocks else self.stem.channels
+
+    @property
+    def depth(self) -> int:
+        """Weighted layers as the paper counts them: convs on the main path plus the fc layer."""
+        per_block = {"basic": 2, "bottleneck": 3}
+        return 1 + sum(per_block[b.kind] for b in self.blocks) + 1
+
+    def with_overrides(self, **changes: Any) -> "NetSpec":
+        return replace(self, **changes)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "NetSpec":
+        """Inverse of ``to_dict`` (tuples come back from JSON/YAML as lists)."""
+        try:
+            data = dict(data)
+            stem = dict(data.pop("stem"))
+            stem["kernel"] = tuple(stem["kernel"])
+            stem["pool"] = _pool_from_dict(stem.get("pool"))
+            stages = tuple(
+                StageSpec(
+                    blocks=tuple(
+                        BlockSpec(**{**b, "kernel": tuple(b["kernel"])}) for b in stage["blocks"]
+                    ),
+                    pool=_pool_from_dict(stage.get("pool")),
+                )
+                for stage in data.pop("stages")
+            )
+            head_pool = _pool_from_dict(data.pop("head_pool", None))
+            return cls(stem=StemSpec(**stem), stages=stages, head_pool=head_pool, **data)
+        except (KeyError, TypeError) as exc:
+            raise SpecError(f"not a valid network spec: {exc}") from None
+
+
+def _pool_from_dict(data: dict[str, Any] | None) -> PoolSpec | None:
+    return None if data is None else PoolSpec(**data)
+
+
+def make_pool(spec: PoolSpec) -> nn.Module:
+    if spec.kind == "max":
+        return nn.MaxPool2d(spec.kernel, spec.stride, spec.padding)
+    if spec.kind == "avg":
+        return nn.AvgPool2d(spec.kernel, spec.stride, spec.padding)
+    raise SpecError(f"unknown pool kind {spec.kind!r}; choose one of {', '.join(POOL_KINDS)}")
+
+
+class Stem(nn.Module):
+    """conv, BN, ReLU, optional pool."""
+
+    def __init__(self, in_channels: int, spec: StemSpec):
+        super().__init__()
+        padding = (spec.kernel[0] // 2, spec.kernel[1] // 2)
+        self.conv = nn.Conv2d(in_channels, spec.channels, spec.kernel, spec.stride, padding, bias=False)
+        self.bn = nn.BatchNorm2d(spec.channels)
+        self.relu = nn.ReLU(inplace=True)
+        self.pool = make_pool(spec.pool) if spec.pool else nn.Identity()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.pool(self.relu(self.bn(self.conv(x))))
+
+
+class Stage(nn.Module):
+    def __init__(self, spec: StageSpec, net: NetSpec):
+        super().__init__()
+        self.pool = make_pool(spec.pool) if spec.pool else nn.Identity()
+        shortcut = net.shortcut if net.residual else None
+        self.blocks = nn.Sequential(*(make_block(b, shortcut, net.bottleneck_stride) for b in spec.blocks))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.blocks(self.pool(x))
+
+
+class Head(nn.Module):
+    """Optional pool, global average pool, linear classifier (paper Sec. 3.4 / 4.2)."""
+
+    def __init__(self, in_features: int, num_classes: int, pool: PoolSpec | None):
+        super().__init__()
+        self.pool = make_pool(pool) if pool else nn.Identity()
+        self.fc = nn.Linear(in_features, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.pool(x)
+        return self.fc(x.mean((2, 3)))
+
+
+class ResNet(nn.Module):
+    """Any network a ``NetSpec`` describes: residual or plain, CIFAR- or ImageNet-shaped, or custom."""
+
+    def __init__(self, spec: NetSpec):
+        super().__init__()
+        self.spec = spec
+        self.stem = Stem(spec.in_channels, spec.stem)
+        self.stages = nn.Sequential(*(Stage(s, spec) for s in spec.stages))
+        self.head = Head(spec.out_channels, spec.num_classes, spec.head_pool)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """He initialisation (paper Sec. 3.4, ref. [13]); BN starts as identity."""
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+            elif isinstance(m, nn.BatchNorm2d):
+                nn.init.ones_(m.weight)
+                nn.init.zeros_(m.bias)
+        if self.spec.zero_init_residual and self.spec.residual:
+            self.zero_init_last()
+
+    def zero_init_last(self) -> None:
+        """Zero each block's last BN scale, so every residual block starts as the identity."""
+        for block in self.blocks():
+            nn.init.zeros_(block.last_bn.weight)
+
+    def blocks(self) -> list[nn.Module]:
+        return [block for stage in self.stages for block in stage.blocks]
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        return self.stages(self.stem(x))
+
+    def forward_head(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(x)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_head(self.forward_features(x))

@@ -1,0 +1,64 @@
+"""The command line: output, JSON, and one-line errors with a non-zero exit."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from reslab.cli import main
+
+
+def run_cli(*args):
+    """Run ``python -m reslab`` as a user would, capturing both streams."""
+    return subprocess.run([sys.executable, "-m", "reslab", *args], capture_output=True, text=True, timeout=120)
+
+
+def test_models_table_lists_the_families(capsys):
+    assert main(["models", "--family", "cifar"]) == 0
+    out = capsys.readouterr().out
+    assert "resnet20" in out and "269,722" in out and "8.75" in out
+    assert "plain56" in out and "resnet50" not in out
+
+
+def test_models_json(capsys):
+    assert main(["models", "--json", "--family", "imagenet"]) == 0
+    records = {r["name"]: r for r in json.loads(capsys.readouterr().out)}
+    assert records["resnet152"]["params"] == 60_192_808
+    assert abs(records["resnet152"]["flops"] / 1e9 - 11.3) < 0.3
+
+
+def test_summary_stages(capsys):
+    assert main(["summary", "resnet56", "--shortcut", "B"]) == 0
+    out = capsys.readouterr().out
+    assert "64x8x8" in out and "32x16x16" in out
+    assert main(["summary", "resnet20", "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["params"] == 269_722 and [r["name"] for r in data["rows"]][-1] == "head"
+
+
+def test_summary_of_spec_file_warns_about_1x1(tmp_path):
+    spec = tmp_path / "net.yaml"
+    spec.write_text("layers:\n  - init_block: {channels: 8}\n  - max_pool: {kernel: 32}\n"
+                    "  - residual_block: {channels: 8}\n  - fc: {}\n")
+    result = run_cli("summary", str(spec))
+    assert result.returncode == 0, result.stderr
+    assert "8x1x1" in result.stdout
+    assert "1x1 maps" in result.stderr
+
+
+@pytest.mark.parametrize("args, message", [
+    (["summary", "resnet21"], "unknown model 'resnet21'"),
+    (["summary", "missing.yaml"], "no such file"),
+])
+def test_user_errors_are_one_line_and_exit_2(args, message):
+    result = run_cli(*args)
+    assert result.returncode == 2
+    assert message in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+    assert "Traceback" not in result.stderr
+
+
+def test_bad_flag_exits_non_zero_without_traceback():
+    result = run_cli("summary", "resnet20", "--shortcut", "D")
+    assert result.returncode != 0 and "Traceback" not in result.stderr
