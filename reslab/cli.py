@@ -69,6 +69,83 @@ def cmd_summary(args: argparse.Namespace) -> None:
     print(format_table(["part", "output (CxHxW)", "params", "FLOPs (mult-adds)"], rows))
 
 
+TRAIN_FLAGS = {
+    # flag: (config key, type, help)
+    "--model": ("model", str, "model name, family (with --set model_options.depth=N) or spec file"),
+    "--data": ("data", str, "dataset name (cifar10, cifar100, mnist, fashion-mnist, digits) or folder"),
+    "--data-root": ("data_root", str, "where named datasets live (default $RESLAB_DATA or ~/.cache/reslab/data)"),
+    "--epochs": ("epochs", float, "train for this many epochs (clears iterations)"),
+    "--iterations": ("iterations", int, "train for this many optimizer steps"),
+    "--batch-size": ("batch_size", int, "global batch size"),
+    "--lr": ("lr", float, "peak / initial learning rate"),
+    "--weight-decay": ("weight_decay", float, "weight decay"),
+    "--schedule": ("schedule", str, "multistep | onecycle | cosine | constant"),
+    "--optimizer": ("optimizer", str, "sgd | adamw"),
+    "--shortcut": (None, str, "shortcut option A | B | C"),
+    "--eval-split": ("eval_split", str, "val | test | none"),
+    "--train-split": ("train_split", str, "train (e.g. 45k of CIFAR-10) | trainval (all of it)"),
+    "--eval-every": ("eval_every", int, "evaluate every N epochs"),
+    "--seed": ("seed", int, "seed for initialisation, data order and augmentation"),
+    "--device": ("device", str, "auto | cpu | cuda | mps"),
+    "--threads": ("threads", int, "CPU threads"),
+    "--image-size": ("image_size", int, "image folders: resize and centre-crop to this side"),
+    "--init-from": ("init_from", str, "start from the weights of this checkpoint"),
+    "--out": ("out", str, "run directory (default runs/<model>-<data>-<time>)"),
+}
+
+
+def train_overrides(args: argparse.Namespace) -> dict:
+    from .train.config import parse_overrides
+
+    values = parse_overrides(args.set or [])
+    for flag, (key, _type, _help) in TRAIN_FLAGS.items():
+        value = getattr(args, flag[2:].replace("-", "_"))
+        if value is None:
+            continue
+        if flag == "--shortcut":
+            values.setdefault("model_options", {})["shortcut"] = value
+        elif flag == "--epochs":
+            values.update(epochs=value, iterations=None)
+        elif flag == "--iterations":
+            values.update(iterations=value, epochs=None)
+        elif flag == "--eval-split" and value == "none":
+            values["eval_split"] = None
+        else:
+            values[key] = value
+    if args.compile:
+        values["compile"] = True
+    if args.deterministic:
+        values["deterministic"] = True
+    return values
+
+
+def cmd_train(args: argparse.Namespace) -> None:
+    from .train.config import resolve
+    from .train.loop import fit, resume_run
+
+    if args.resume:
+        result = resume_run(args.resume, quiet=args.quiet)
+    else:
+        config = resolve(args.recipe, args.config, train_overrides(args))
+        result = fit(config, quiet=args.quiet)
+    if result.status == "diverged":
+        raise_user_error(f"{result.message} ({result.run_dir})")
+    if result.status == "interrupted":
+        print(result.message)
+        return
+    last = result.history[-1] if result.history else {}
+    text = f"done: {result.run_dir}"
+    if last.get("eval_error") is not None:
+        text += f"  final eval error {100 * last['eval_error']:.2f}% (accuracy {100 * (1 - last['eval_error']):.2f}%)"
+    print(text)
+
+
+def raise_user_error(message: str) -> None:
+    from .errors import ReslabError
+
+    raise ReslabError(message)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="reslab", description="Deep residual networks: build, train, study, use.")
     parser.add_argument("--version", action="version", version=f"reslab {__version__}")
@@ -87,6 +164,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--in-channels", type=int, help="override the input channels (1 for grayscale)")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(func=cmd_summary)
+
+    p = verbs.add_parser("train", help="train a model (recipes: paper, fast)",
+                         description="Precedence: recipe < --config file < flags < --set KEY=VALUE.")
+    p.add_argument("--recipe", help="paper (Sec. 4.2, 64k iterations) or fast (one-cycle, 40 epochs)")
+    p.add_argument("--config", help="YAML file of settings (any TrainConfig key)")
+    for flag, (_key, type_, help_) in TRAIN_FLAGS.items():
+        p.add_argument(flag, type=type_, help=help_)
+    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="any setting, e.g. --set label_smoothing=0.1")
+    p.add_argument("--compile", action="store_true", help="torch.compile the model")
+    p.add_argument("--deterministic", action="store_true", help="deterministic algorithms only")
+    p.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run")
+    p.add_argument("--quiet", action="store_true", help="no progress output (for logs)")
+    p.set_defaults(func=cmd_train)
     return parser
 
 

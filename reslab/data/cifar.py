@@ -1,0 +1,108 @@
+"""CIFAR-10 and CIFAR-100 from the official "python version" archives.
+
+Looks in the data folder for the extracted folder, then for the archive (extracted safely), then,
+when online, downloads the archive from the official address and checks its published MD5.
+"""
+
+from __future__ import annotations
+
+import pickle
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..errors import DataError
+from .arrays import ImageArrays
+from .download import download_file, safe_extract
+
+BASE_URL = "https://www.cs.toronto.edu/~kriz/"
+
+
+@dataclass(frozen=True)
+class CifarFormat:
+    archive: str
+    md5: str  # published at https://www.cs.toronto.edu/~kriz/cifar.html
+    folder: str
+    train_files: tuple[str, ...]
+    test_files: tuple[str, ...]
+    meta_file: str
+    label_key: str
+    names_key: str
+
+
+FORMATS = {
+    "cifar10": CifarFormat("cifar-10-python.tar.gz", "c58f30108f718f92721af3b95e74349a", "cifar-10-batches-py",
+                           tuple(f"data_batch_{i}" for i in range(1, 6)), ("test_batch",), "batches.meta",
+                           "labels", "label_names"),
+    "cifar100": CifarFormat("cifar-100-python.tar.gz", "eb9058c3a382ffc7106e4002c42a8d85", "cifar-100-python",
+                            ("train",), ("test",), "meta", "fine_labels", "fine_label_names"),
+}
+
+
+def _load_pickle(path: Path) -> dict[str, object]:
+    """A CIFAR pickle with its keys as str, whether they were written as bytes (Python 2) or str."""
+    try:
+        with open(path, "rb") as f:
+            raw = pickle.load(f, encoding="bytes")
+    except FileNotFoundError:
+        raise DataError(f"{path}: missing from the CIFAR folder") from None
+    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, ImportError) as exc:
+        raise DataError(f"{path}: truncated or corrupt CIFAR pickle ({type(exc).__name__})") from None
+    if not isinstance(raw, dict):
+        raise DataError(f"{path}: not a CIFAR pickle (found {type(raw).__name__})")
+    return {(k.decode("latin1") if isinstance(k, bytes) else k): v for k, v in raw.items()}
+
+
+def _names(values: list[object]) -> list[str]:
+    return [v.decode("utf-8") if isinstance(v, bytes) else str(v) for v in values]
+
+
+def locate(name: str, root: Path, download: bool = True, base_url: str = BASE_URL) -> Path:
+    """The extracted CIFAR folder under ``root``, extracting or downloading the archive as needed."""
+    fmt = FORMATS[name]
+    folder = root / fmt.folder
+    if (folder / fmt.meta_file).exists():
+        return folder
+    archive = root / fmt.archive
+    if not archive.exists():
+        if not download:
+            raise DataError(f"{name}: not found; put {fmt.archive} (or the extracted {fmt.folder}/) in {root}")
+        try:
+            download_file(base_url + fmt.archive, archive, fmt.md5)
+        except DataError as exc:
+            raise DataError(f"{exc}; offline? put {fmt.archive} (or the extracted {fmt.folder}/) in {root}") from None
+    safe_extract(archive, root)
+    if not (folder / fmt.meta_file).exists():
+        raise DataError(f"{archive}: not a {name} archive (no {fmt.folder}/{fmt.meta_file} inside)")
+    return folder
+
+
+def load_cifar(name: str, root: Path, split: str, download: bool = True, base_url: str = BASE_URL) -> ImageArrays:
+    """``split``: "train" (all 50k training images) or "test"."""
+    fmt = FORMATS[name]
+    folder = locate(name, root, download, base_url)
+    meta = _load_pickle(folder / fmt.meta_file)
+    if fmt.names_key not in meta:
+        raise DataError(f"{folder / fmt.meta_file}: no {fmt.names_key} in the metadata")
+    classes = _names(meta[fmt.names_key])  # type: ignore[arg-type]
+    files = fmt.train_files if split == "train" else fmt.test_files
+    if split == "test" and not (folder / files[0]).exists():
+        raise DataError(f"{name}: this copy has no test split ({folder / files[0]} is missing); "
+                        "use the validation split (--split val)")
+    images, labels = [], []
+    for file in files:
+        batch = _load_pickle(folder / file)
+        try:
+            data = np.asarray(batch["data"], dtype=np.uint8)
+            batch_labels = np.asarray(batch[fmt.label_key], dtype=np.int64)
+        except KeyError as exc:
+            raise DataError(f"{folder / file}: no {exc} entry; not a {name} batch") from None
+        if data.ndim != 2 or data.shape[1] != 3072 or len(batch_labels) != len(data):
+            raise DataError(f"{folder / file}: expected N x 3072 pixels and N labels, got {data.shape} "
+                            f"and {len(batch_labels)}")
+        images.append(data.reshape(-1, 3, 32, 32))
+        labels.append(batch_labels)
+    return ImageArrays(torch.from_numpy(np.concatenate(images)), torch.from_numpy(np.concatenate(labels)),
+                       classes, f"{name}-{split}")

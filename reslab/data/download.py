@@ -1,0 +1,114 @@
+"""Downloads that never leave a file looking complete when it is not, and tar extraction that
+cannot write outside its destination."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import sys
+import tarfile
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+from ..errors import DataError
+
+
+def md5sum(path: Path, chunk: int = 1 << 20) -> str:
+    digest = hashlib.md5()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _progress(done: int, total: int | None, started: float, label: str) -> None:
+    rate = done / max(time.monotonic() - started, 1e-6) / 1e6
+    if total:
+        width = 30
+        filled = int(width * done / total)
+        sys.stderr.write(f"\r{label} [{'#' * filled}{'.' * (width - filled)}] "
+                         f"{done / 1e6:.1f}/{total / 1e6:.1f} MB {rate:.1f} MB/s")
+    else:
+        sys.stderr.write(f"\r{label} {done / 1e6:.1f} MB {rate:.1f} MB/s")
+    sys.stderr.flush()
+
+
+def download_file(url: str, dest: Path, md5: str | None = None, *, timeout: float = 60.0,
+                  progress: bool = True) -> Path:
+    """Fetch ``url`` to ``dest``: written to a temporary file beside it, checked (length, MD5), then
+    renamed into place. A failed or cut-off download leaves nothing at ``dest``. A file whose MD5
+    does not match is kept aside as ``dest.bad`` (never used) and named in the error."""
+    dest = Path(dest)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=dest.name + ".", suffix=".part", dir=dest.parent)
+    tmp = Path(tmp_name)
+    started = time.monotonic()
+    try:
+        with os.fdopen(fd, "wb") as out:
+            try:
+                with urllib.request.urlopen(url, timeout=timeout) as response:
+                    total = response.headers.get("Content-Length")
+                    total = int(total) if total and total.isdigit() else None
+                    done = 0
+                    while block := response.read(1 << 16):
+                        out.write(block)
+                        done += len(block)
+                        if progress:
+                            _progress(done, total, started, dest.name)
+            except (urllib.error.URLError, OSError, ValueError) as exc:
+                reason = getattr(exc, "reason", exc)
+                raise DataError(f"cannot download {url} ({reason})") from None
+            finally:
+                if progress:
+                    sys.stderr.write("\n")
+        if total is not None and done != total:
+            raise DataError(f"download of {url} stopped after {done} of {total} bytes")
+        if md5 is not None:
+            got = md5sum(tmp)
+            if got != md5:
+                bad = dest.with_name(dest.name + ".bad")
+                os.replace(tmp, bad)
+                raise DataError(f"{url}: MD5 {got} does not match the published {md5}; "
+                                f"the file was kept aside as {bad} and not used")
+        os.replace(tmp, dest)
+        return dest
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def safe_extract(archive: Path, dest: Path) -> None:
+    """Extract a tar (any compression) into ``dest``, refusing absolute paths, ``..``, links and
+    device files. Extracts into a temporary folder first, so a failure leaves ``dest`` untouched."""
+    dest = Path(dest)
+    dest.mkdir(parents=True, exist_ok=True)
+    try:
+        with tarfile.open(archive) as tar:
+            members = tar.getmembers()
+            for m in members:
+                parts = Path(m.name).parts
+                if m.name.startswith(("/", "\\")) or ".." in parts or not (m.isfile() or m.isdir()):
+                    raise DataError(f"{archive}: refusing unsafe archive member {m.name!r}")
+            staging = Path(tempfile.mkdtemp(prefix=".extract-", dir=dest))
+            try:
+                for m in members:
+                    target = staging / m.name
+                    if m.isdir():
+                        target.mkdir(parents=True, exist_ok=True)
+                        continue
+                    target.parent.mkdir(parents=True, exist_ok=True)
+                    with tar.extractfile(m) as src, open(target, "wb") as out:  # type: ignore[union-attr]
+                        shutil.copyfileobj(src, out)
+                for top in {Path(m.name).parts[0] for m in members if Path(m.name).parts}:
+                    final = dest / top
+                    if final.exists():
+                        shutil.rmtree(final) if final.is_dir() else final.unlink()
+                    os.replace(staging / top, final)
+            finally:
+                shutil.rmtree(staging, ignore_errors=True)
+    except (tarfile.TarError, EOFError, OSError) as exc:
+        raise DataError(f"{archive}: not a readable tar archive ({exc})") from None

@@ -1,0 +1,89 @@
+"""Checkpoints that carry everything needed to rebuild and use the model, written atomically and
+loaded with ``weights_only=True`` (no code runs when a file is opened)."""
+
+from __future__ import annotations
+
+import pickle
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..data.augment import Normalizer
+from ..errors import CheckpointError, SpecError
+from ..fileio import atomic_torch_save
+from ..models.resnet import NetSpec, ResNet
+
+FORMAT = "reslab-checkpoint"
+VERSION = 1
+
+
+@dataclass
+class Checkpoint:
+    spec: NetSpec
+    classes: list[str]
+    normalizer: Normalizer
+    input_size: int
+    model_state: dict[str, torch.Tensor]
+    optimizer_state: dict[str, Any] | None = None
+    progress: dict[str, Any] = field(default_factory=dict)  # step, epoch, batch, warming_up, best_error
+    config: dict[str, Any] = field(default_factory=dict)
+    rng_state: torch.Tensor | None = None
+    path: Path | None = None
+
+    def to_payload(self) -> dict[str, Any]:
+        return {
+            "format": FORMAT, "version": VERSION, "spec": self.spec.to_dict(), "classes": list(self.classes),
+            "normalizer": self.normalizer.to_dict(), "input_size": self.input_size, "model": self.model_state,
+            "optimizer": self.optimizer_state, "progress": dict(self.progress), "config": dict(self.config),
+            "rng": self.rng_state,
+        }
+
+    def build_model(self) -> nn.Module:
+        """The network with its trained weights, in eval mode."""
+        model = ResNet(self.spec)
+        try:
+            model.load_state_dict(self.model_state)
+        except RuntimeError as exc:
+            raise CheckpointError(f"{self.path}: weights do not match the stored architecture ({str(exc).splitlines()[0]})") from None
+        return model.eval()
+
+
+def save_checkpoint(checkpoint: Checkpoint, path: Path) -> Path:
+    return atomic_torch_save(checkpoint.to_payload(), Path(path))
+
+
+def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> Checkpoint:
+    path = Path(path)
+    if path.is_dir():
+        for name in ("best.pt", "last.pt"):
+            if (path / name).exists():
+                path = path / name
+                break
+        else:
+            raise CheckpointError(f"{path}: no best.pt or last.pt in this run folder")
+    if not path.exists():
+        raise CheckpointError(f"{path}: no such checkpoint")
+    try:
+        payload = torch.load(path, map_location=map_location, weights_only=True)
+    except (pickle.UnpicklingError, zipfile.BadZipFile, EOFError, RuntimeError, OSError, ValueError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise CheckpointError(f"{path}: not a readable checkpoint ({first[:200]})") from None
+    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
+        raise CheckpointError(f"{path}: not a reslab checkpoint (for weights saved by other code, "
+                              "use reslab.models.convert.load_foreign_weights)")
+    if payload.get("version", 0) > VERSION:
+        raise CheckpointError(f"{path}: written by a newer reslab (format {payload['version']})")
+    try:
+        spec = NetSpec.from_dict(payload["spec"])
+        return Checkpoint(
+            spec=spec, classes=list(payload["classes"]), normalizer=Normalizer.from_dict(payload["normalizer"]),
+            input_size=int(payload["input_size"]), model_state=payload["model"],
+            optimizer_state=payload.get("optimizer"), progress=dict(payload.get("progress") or {}),
+            config=dict(payload.get("config") or {}), rng_state=payload.get("rng"), path=path,
+        )
+    except (KeyError, TypeError, SpecError) as exc:
+        raise CheckpointError(f"{path}: incomplete reslab checkpoint ({exc})") from None

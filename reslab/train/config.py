@@ -1,0 +1,179 @@
+"""Training configuration: one dataclass, filled from a recipe, a YAML file and overrides.
+
+Precedence: dataclass defaults < recipe < YAML file < command-line overrides. The resolved config is
+saved with every run (``config.yaml``), and is what ``--resume`` continues.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from ..errors import ConfigError
+
+SCHEDULES = ("multistep", "onecycle", "cosine", "constant")
+OPTIMIZERS = ("sgd", "adamw")
+DEVICES = ("auto", "cpu", "cuda", "mps")
+
+
+@dataclass
+class TrainConfig:
+    # ---- what to train -----------------------------------------------------------------
+    model: str = "resnet20"  # preset name, family ("resnet" + model_options.depth) or spec file
+    model_options: dict[str, Any] = field(default_factory=dict)  # create_model overrides (shortcut, depth...)
+    init_from: str | None = None  # start from this checkpoint's weights (new optimizer and schedule)
+    data: str = "cifar10"  # dataset name or path (see reslab.data)
+    data_root: str | None = None
+    train_split: str = "train"  # "train" (45k of CIFAR-10) or "trainval" (all 50k)
+    eval_split: str | None = "val"  # "val", "test" or None
+    val_fraction: float = 0.1
+    image_size: int | None = None  # image folders: resize/crop side
+    normalize: str = "channel"  # "channel" mean/std, or "pixel": the paper's per-pixel mean subtraction
+    augment: bool = True  # the dataset's crop/flip (CIFAR: pad 4, random crop, flip)
+    # ---- the recipe ---------------------------------------------------------------------
+    recipe: str = "paper"
+    optimizer: str = "sgd"
+    lr: float = 0.1
+    momentum: float = 0.9
+    nesterov: bool = False
+    weight_decay: float = 1e-4
+    no_decay_bn_bias: bool = False  # exempt BN parameters and biases from weight decay
+    label_smoothing: float = 0.0
+    batch_size: int = 128  # global batch (all processes together)
+    iterations: int | None = 64_000  # total optimizer steps; wins over epochs when both are set
+    epochs: float | None = None
+    schedule: str = "multistep"
+    milestones: list[int] = field(default_factory=lambda: [32_000, 48_000])  # multistep, in iterations
+    gamma: float = 0.1
+    warmup_iterations: int = 0  # linear ramp from warmup_start_factor * lr (any schedule)
+    warmup_fraction: float = 0.0  # the same as a fraction of all iterations (used when warmup_iterations is 0)
+    warmup_start_factor: float = 0.1
+    # Paper Sec. 4.2, ResNet-110/1202: lr warmup_lr until the training error drops below this, then lr.
+    warmup_until_error: float | None = None
+    warmup_lr: float = 0.01
+    # ---- running ------------------------------------------------------------------------
+    seed: int = 0
+    eval_every: int = 1  # epochs
+    eval_batch_size: int = 500
+    device: str = "auto"
+    channels_last: bool = True
+    amp: bool = True  # bf16 autocast on CUDA (ignored on CPU)
+    compile: bool = False
+    deterministic: bool = False
+    sync_bn: bool = False  # SyncBatchNorm when running on several processes
+    threads: int | None = None  # CPU threads (torch.set_num_threads)
+    out: str | None = None  # run directory (default: runs/<model>-<data>-<time>)
+
+    def validate(self) -> "TrainConfig":
+        def need(ok: bool, message: str) -> None:
+            if not ok:
+                raise ConfigError(message)
+
+        need(self.schedule in SCHEDULES, f"schedule must be one of {', '.join(SCHEDULES)}, got {self.schedule!r}")
+        need(self.optimizer in OPTIMIZERS, f"optimizer must be one of {', '.join(OPTIMIZERS)}, got {self.optimizer!r}")
+        need(self.device in DEVICES, f"device must be one of {', '.join(DEVICES)}, got {self.device!r}")
+        need(isinstance(self.batch_size, int) and self.batch_size > 0, f"batch_size must be a positive integer, got {self.batch_size!r}")
+        need(self.lr > 0, f"lr must be positive, got {self.lr}")
+        need(self.weight_decay >= 0, f"weight_decay must be >= 0, got {self.weight_decay}")
+        need(0 <= self.label_smoothing < 1, f"label_smoothing must be in [0, 1), got {self.label_smoothing}")
+        need(self.iterations is not None or self.epochs is not None, "set iterations or epochs")
+        need(self.iterations is None or (isinstance(self.iterations, int) and self.iterations > 0),
+             f"iterations must be a positive integer, got {self.iterations!r}")
+        need(self.epochs is None or self.epochs > 0, f"epochs must be positive, got {self.epochs}")
+        need(self.eval_every >= 1, f"eval_every must be >= 1, got {self.eval_every}")
+        need(self.train_split in ("train", "trainval"), f"train_split must be train or trainval, got {self.train_split!r}")
+        need(self.eval_split in (None, "val", "test"), f"eval_split must be val, test or none, got {self.eval_split!r}")
+        need(not (self.train_split == "trainval" and self.eval_split == "val"),
+             "train_split trainval includes the validation images; evaluate on test (or none)")
+        need(self.normalize in ("channel", "pixel"), f"normalize must be channel or pixel, got {self.normalize!r}")
+        need(list(self.milestones) == sorted(self.milestones), f"milestones must be increasing, got {self.milestones}")
+        need(isinstance(self.model_options, dict), "model_options must be a mapping")
+        return self
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def dump(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+
+FIELDS = {f.name: f for f in dataclasses.fields(TrainConfig)}
+
+
+def _coerce(name: str, value: Any) -> Any:
+    """Turn a command-line string into the field's type (YAML rules: 1e-4, true, null, [1, 2])."""
+    if not isinstance(value, str):
+        return value
+    parsed = yaml.safe_load(value) if value != "" else ""
+    default = FIELDS[name].default
+    if isinstance(default, str) and not isinstance(parsed, str) and parsed is not None:
+        return value  # e.g. model: "50" stays a string
+    if isinstance(default, float) and isinstance(parsed, int) and not isinstance(parsed, bool):
+        return float(parsed)
+    return parsed
+
+
+def apply(config: TrainConfig, values: dict[str, Any], where: str) -> TrainConfig:
+    unknown = sorted(set(values) - set(FIELDS))
+    if unknown:
+        raise ConfigError(f"{where}: unknown setting(s) {', '.join(unknown)}")
+    changes = {k: _coerce(k, v) for k, v in values.items()}
+    for key, value in changes.items():
+        if key == "model_options" and not isinstance(value, dict):
+            raise ConfigError(f"{where}: model_options must be a mapping")
+    return dataclasses.replace(config, **changes)
+
+
+def parse_overrides(pairs: list[str]) -> dict[str, Any]:
+    """``["lr=0.05", "model_options.shortcut=B"]`` -> a dict; dotted keys fill ``model_options``."""
+    values: dict[str, Any] = {}
+    for pair in pairs:
+        if "=" not in pair:
+            raise ConfigError(f"override {pair!r} is not KEY=VALUE")
+        key, value = pair.split("=", 1)
+        key = key.strip().replace("-", "_")
+        if key.startswith("model_options."):
+            values.setdefault("model_options", {})[key.split(".", 1)[1]] = yaml.safe_load(value)
+        else:
+            values[key] = value
+    return values
+
+
+def load_yaml(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    try:
+        data = yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: no such config file") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path}: cannot read ({exc})") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {str(exc).strip().splitlines()[0]}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping of settings")
+    return data
+
+
+def resolve(recipe: str | None = None, file: str | Path | None = None,
+            overrides: dict[str, Any] | None = None) -> TrainConfig:
+    """Defaults < recipe < file < overrides. The recipe may also be named in the file."""
+    from .recipes import recipe_values
+
+    file_values = load_yaml(file) if file else {}
+    overrides = dict(overrides or {})
+    name = overrides.pop("recipe", None) or recipe or file_values.pop("recipe", None) or "paper"
+    file_values.pop("recipe", None)
+    config = TrainConfig()
+    model_hint = overrides.get("model") or file_values.get("model") or config.model
+    config = apply(config, {**recipe_values(str(name), str(model_hint)), "recipe": name}, f"recipe {name}")
+    config = apply(config, file_values, str(file)) if file_values else config
+    if "model_options" in overrides and isinstance(overrides["model_options"], dict):
+        overrides["model_options"] = {**config.model_options, **overrides["model_options"]}
+    config = apply(config, overrides, "command line") if overrides else config
+    return config.validate()

@@ -1,0 +1,363 @@
+"""The training loop: config -> model + data -> steps -> run directory.
+
+Reads top to bottom: ``fit`` prepares data, model, optimizer and schedule, then runs epochs of
+steps; at each epoch end it evaluates, logs and writes ``last.pt`` (and ``best.pt``). Everything a
+resumed run needs (weights, optimizer, step, position in the epoch, partial-epoch sums, history)
+is in the checkpoint, and every batch is a pure function of (seed, epoch, index), so on CPU an
+interrupted-then-resumed run reproduces the uninterrupted one exactly.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import signal
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..data import AugmentDefaults, DataOptions, EvalLoader, Normalizer, TrainLoader, load_dataset
+from ..data.arrays import ImageArrays
+from ..errors import ConfigError, CheckpointError
+from ..fileio import atomic_write_text
+from ..models.registry import resolve_spec
+from ..models.resnet import NetSpec, ResNet
+from .checkpoint import Checkpoint, load_checkpoint, save_checkpoint
+from .config import TrainConfig
+from .evaluate import evaluate
+from .history import TensorBoard, write_history
+from .progress import Progress, format_seconds
+from .schedules import schedule_for
+
+SYNC_EVERY = 25  # steps between host syncs (progress bar, NaN check): no per-step .item()
+WARMUP_WINDOW = 10  # batches averaged when deciding the paper's ResNet-110 warm-up is over
+
+
+@dataclass
+class RunResult:
+    run_dir: Path
+    status: str  # "finished" | "interrupted" | "diverged"
+    history: list[dict[str, Any]]
+    best_error: float | None
+    message: str = ""
+
+
+@dataclass
+class Progression:
+    """Where the run is; saved in every checkpoint."""
+
+    step: int = 0
+    epoch: int = 0  # 0-based epoch in progress
+    batch: int = 0  # next batch index within the epoch
+    warming_up: bool = False
+    best_error: float | None = None
+    wall_time_s: float = 0.0
+    # Sums over the current epoch's batches so far (float64 / int64 on the host at save time).
+    loss_sum: float = 0.0
+    correct: int = 0
+    seen: int = 0
+    train_time_s: float = 0.0
+    history: list[dict[str, Any]] = field(default_factory=list)
+
+
+def select_device(name: str) -> torch.device:
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        return torch.device("cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("device cuda requested but CUDA is not available")
+    if name == "mps" and not torch.backends.mps.is_available():
+        raise ConfigError("device mps requested but MPS is not available")
+    return torch.device(name)
+
+
+def data_options(config: TrainConfig) -> DataOptions:
+    return DataOptions(root=config.data_root, val_fraction=config.val_fraction, image_size=config.image_size)
+
+
+def model_spec(config: TrainConfig, data: ImageArrays) -> NetSpec:
+    overrides = {"num_classes": len(data.classes), "in_channels": data.channels, **config.model_options}
+    return resolve_spec(config.model, **overrides)
+
+
+def init_from_checkpoint(path: str, data: ImageArrays) -> tuple[NetSpec, dict[str, torch.Tensor]]:
+    """Weights to start from. A different class count gets a fresh classifier (fine-tuning)."""
+    source = load_checkpoint(path)
+    spec, state = source.spec, dict(source.model_state)
+    if spec.in_channels != data.channels:
+        raise CheckpointError(f"{path}: model takes {spec.in_channels}-channel input, {data.name} has {data.channels}")
+    if spec.num_classes != len(data.classes):
+        spec = spec.with_overrides(num_classes=len(data.classes))
+        state = {k: v for k, v in state.items() if not k.startswith("head.fc.")}
+    return spec, state
+
+
+def parameter_groups(model: nn.Module, config: TrainConfig) -> list[dict[str, Any]]:
+    if not config.no_decay_bn_bias:
+        return [{"params": list(model.parameters()), "weight_decay": config.weight_decay}]
+    # BN scales/shifts and biases are 1-d: decaying them only fights the normalisation.
+    decay = [p for p in model.parameters() if p.ndim > 1]
+    no_decay = [p for p in model.parameters() if p.ndim <= 1]
+    return [{"params": decay, "weight_decay": config.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def make_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
+    groups = parameter_groups(model, config)
+    if config.optimizer == "sgd":
+        return torch.optim.SGD(groups, lr=config.lr, momentum=config.momentum, nesterov=config.nesterov,
+                               foreach=True)
+    return torch.optim.AdamW(groups, lr=config.lr, foreach=True)
+
+
+def default_run_dir(config: TrainConfig) -> Path:
+    data = Path(config.data).name or "data"
+    model = Path(config.model).stem
+    return Path("runs") / f"{model}-{data}-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
+
+
+class _StopFlag:
+    """First Ctrl-C asks the loop to stop at the next step boundary (and save); a second one aborts."""
+
+    def __init__(self) -> None:
+        self.requested = False
+        self._previous: Any = None
+
+    def __enter__(self) -> "_StopFlag":
+        try:
+            self._previous = signal.signal(signal.SIGINT, self._handle)
+        except ValueError:  # not the main thread: no handler, Ctrl-C behaves as usual
+            self._previous = None
+        return self
+
+    def _handle(self, *_: Any) -> None:
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+
+    def __exit__(self, *_: Any) -> None:
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)
+
+
+def fit(config: TrainConfig, *, resume: bool = False, quiet: bool = False,
+        should_stop: Callable[[int], bool] | None = None) -> RunResult:
+    """Train per ``config`` into ``config.out``; with ``resume`` continue the run found there."""
+    config.validate()
+    device = select_device(config.device)
+    if config.threads:
+        torch.set_num_threads(config.threads)
+    if config.deterministic:
+        torch.use_deterministic_algorithms(True)
+        torch.backends.cudnn.benchmark = False
+    elif device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+    run_dir = Path(config.out) if config.out else default_run_dir(config)
+    log = Progress(0, quiet)
+
+    # ---- data ------------------------------------------------------------------------------
+    train_data = load_dataset(config.data, config.train_split, data_options(config))
+    eval_data = load_dataset(config.data, config.eval_split, data_options(config)) if config.eval_split else None
+    checkpoint = load_checkpoint(run_dir / "last.pt") if resume else None
+    normalizer = checkpoint.normalizer if checkpoint else Normalizer.fit(train_data.images, config.normalize)
+    augment = None if config.augment else AugmentDefaults(pad=0, flip=False)
+    loader = TrainLoader(train_data, config.batch_size, normalizer, augment=augment, seed=config.seed, device=device)
+    eval_loader = EvalLoader(eval_data, config.eval_batch_size, normalizer, device=device) if eval_data else None
+
+    # ---- model, optimizer, schedule --------------------------------------------------------
+    torch.manual_seed(config.seed)
+    if checkpoint:
+        spec, state = checkpoint.spec, checkpoint.model_state
+    elif config.init_from:
+        spec, state = init_from_checkpoint(config.init_from, train_data)
+    else:
+        spec, state = model_spec(config, train_data), None
+    model = ResNet(spec)
+    if state is not None:
+        model.load_state_dict(state, strict=checkpoint is not None)
+    memory_format = torch.channels_last if config.channels_last else torch.contiguous_format
+    model.to(device, memory_format=memory_format)
+    optimizer = make_optimizer(model, config)
+    if checkpoint and checkpoint.optimizer_state:
+        optimizer.load_state_dict(checkpoint.optimizer_state)
+    forward = torch.compile(model) if config.compile else model
+    use_amp = config.amp and device.type == "cuda"
+    total_steps = config.iterations or math.ceil(config.epochs * len(loader))
+    schedule = schedule_for(config, total_steps)
+
+    state_now = Progression(**checkpoint.progress) if checkpoint else Progression(
+        warming_up=config.warmup_until_error is not None)
+    if checkpoint is not None and checkpoint.rng_state is not None:
+        torch.set_rng_state(checkpoint.rng_state)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    if not resume:
+        atomic_write_text(config.dump(), run_dir / "config.yaml")
+    log.line(f"run {run_dir}: {spec.name} on {train_data.name} ({len(train_data):,} images), "
+             f"{total_steps:,} steps of batch {config.batch_size} on {device}"
+             + (f", resuming at step {state_now.step}" if checkpoint else ""))
+
+    def make_checkpoint() -> Checkpoint:
+        return Checkpoint(spec=spec, classes=train_data.classes, normalizer=normalizer,
+                          input_size=train_data.image_size, model_state=model.state_dict(),
+                          optimizer_state=optimizer.state_dict(), progress=state_now.__dict__.copy(),
+                          config=config.to_dict(), rng_state=torch.get_rng_state())
+
+    criterion_smoothing = config.label_smoothing
+    progress = Progress(total_steps, quiet)
+    tensorboard = TensorBoard(run_dir)
+    warm_window: deque[float] = deque(maxlen=WARMUP_WINDOW)
+    status, message = "finished", ""
+    session_start = time.monotonic()
+    wall_at_start = state_now.wall_time_s
+
+    with _StopFlag() as stop:
+        while state_now.step < total_steps:
+            loss_sum = torch.tensor(state_now.loss_sum, dtype=torch.float64, device=device)
+            correct = torch.tensor(state_now.correct, dtype=torch.int64, device=device)
+            seen = state_now.seen
+            epoch_started = time.monotonic() - state_now.train_time_s
+            model.train()
+            for x, y in loader.epoch(state_now.epoch, state_now.batch):
+                lr = schedule(state_now.step, state_now.warming_up)
+                for group in optimizer.param_groups:
+                    group["lr"] = lr
+                with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
+                    logits = forward(x)
+                    loss = F.cross_entropy(logits.float(), y, label_smoothing=criterion_smoothing)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                wrong = logits.argmax(1) != y
+                loss_sum += loss.detach().double() * y.numel()
+                correct += y.numel() - wrong.sum()
+                seen += y.numel()
+                state_now.step += 1
+                state_now.batch += 1
+                if state_now.warming_up:
+                    warm_window.append(wrong.float().mean().item())
+                    if len(warm_window) == WARMUP_WINDOW and sum(warm_window) / WARMUP_WINDOW < config.warmup_until_error:
+                        state_now.warming_up = False
+                        log.line(f"warm-up over at step {state_now.step}: training error below "
+                                 f"{config.warmup_until_error:.0%}, lr back to {config.lr}")
+                if state_now.step % SYNC_EVERY == 0:
+                    value = loss.item()
+                    if not math.isfinite(value):
+                        status, message = "diverged", f"loss became {value} at step {state_now.step}"
+                        break
+                    elapsed = time.monotonic() - epoch_started
+                    progress.update(state_now.step, state_now.epoch + 1, seen / max(elapsed, 1e-9), value, lr)
+                interrupted = stop.requested or (should_stop is not None and should_stop(state_now.step))
+                if state_now.step >= total_steps or interrupted:
+                    break
+            if status == "diverged":
+                break
+            train_time = time.monotonic() - epoch_started
+            epoch_done = state_now.batch >= len(loader) or state_now.step >= total_steps
+            if not epoch_done:  # interrupted mid-epoch: keep the partial sums in the checkpoint
+                state_now.loss_sum, state_now.correct, state_now.seen = float(loss_sum), int(correct), seen
+                state_now.train_time_s = train_time
+                state_now.wall_time_s = wall_at_start + time.monotonic() - session_start
+                save_checkpoint(make_checkpoint(), run_dir / "last.pt")
+                status, message = "interrupted", f"stopped at step {state_now.step}; resume with --resume {run_dir}"
+                break
+            train_loss = float(loss_sum) / max(1, seen)
+            if not math.isfinite(train_loss):
+                status, message = "diverged", f"training loss became {train_loss} in epoch {state_now.epoch + 1}"
+                break
+            row: dict[str, Any] = {
+                "epoch": state_now.epoch + 1, "step": state_now.step, "lr": lr, "train_loss": train_loss,
+                "train_error": 1.0 - int(correct) / max(1, seen), "images_per_s": seen / max(train_time, 1e-9),
+                "epoch_time_s": train_time,
+            }
+            final = state_now.step >= total_steps
+            if eval_loader is not None and ((state_now.epoch + 1) % config.eval_every == 0 or final):
+                result = evaluate(model, eval_loader, spec.num_classes, autocast=use_amp)
+                row.update(eval_loss=result.loss, eval_error=result.error, eval_top5_error=result.top5_error)
+            state_now.wall_time_s = wall_at_start + time.monotonic() - session_start
+            row["wall_time_s"] = state_now.wall_time_s
+            state_now.history.append(row)
+            state_now.epoch += 1
+            state_now.batch = 0
+            state_now.loss_sum, state_now.correct, state_now.seen, state_now.train_time_s = 0.0, 0, 0, 0.0
+            improved = "eval_error" in row and (state_now.best_error is None or row["eval_error"] < state_now.best_error)
+            if improved:
+                state_now.best_error = row["eval_error"]
+            ckpt = make_checkpoint()
+            save_checkpoint(ckpt, run_dir / "last.pt")
+            if improved or (eval_loader is None and final):
+                save_checkpoint(ckpt, run_dir / "best.pt")
+            write_history(state_now.history, run_dir)
+            tensorboard.log(row)
+            progress.line(_epoch_line(row, total_steps))
+            if stop.requested or (should_stop is not None and should_stop(state_now.step)):
+                if state_now.step < total_steps:
+                    status, message = "interrupted", f"stopped at step {state_now.step}; resume with --resume {run_dir}"
+                    break
+    tensorboard.close()
+    if status == "diverged":
+        message += "; the run stopped and its last good checkpoint is kept"
+        log.line(f"error: {message}")
+    elif status == "interrupted":
+        log.line(message)
+    else:
+        finish(run_dir, spec, state_now, config)
+    return RunResult(run_dir, status, state_now.history, state_now.best_error, message)
+
+
+def _epoch_line(row: dict[str, Any], total_steps: int) -> str:
+    text = (f"epoch {row['epoch']:>3}  step {row['step']:>6}/{total_steps}  loss {row['train_loss']:.4f}  "
+            f"train err {100 * row['train_error']:5.2f}%")
+    if "eval_error" in row:
+        text += f"  eval err {100 * row['eval_error']:5.2f}%"
+    return text + f"  {row['images_per_s']:.0f} img/s  {format_seconds(row['wall_time_s'])}"
+
+
+def finish(run_dir: Path, spec: NetSpec, state: Progression, config: TrainConfig) -> None:
+    """The figure and the summary of a finished run."""
+    from ..plots import error_curves
+
+    history = state.history
+    if history:
+        error_curves({spec.name: history}, run_dir / "curves.png", f"{spec.name} on {config.data}")
+    last = history[-1] if history else {}
+    summary = {
+        "model": spec.name, "data": config.data, "recipe": config.recipe, "steps": state.step,
+        "epochs": len(history), "final_train_error": last.get("train_error"),
+        "final_eval_error": last.get("eval_error"), "best_eval_error": state.best_error,
+        "eval_split": config.eval_split, "wall_time_s": state.wall_time_s,
+        "images_per_s": (sum(r["images_per_s"] for r in history) / len(history)) if history else None,
+        "seed": config.seed,
+    }
+    atomic_write_text(json.dumps(summary, indent=2) + "\n", run_dir / "summary.json")
+    lines = [f"# {spec.name} on {config.data} ({config.recipe} recipe)", "",
+             f"- steps: {state.step:,} ({len(history)} epochs), batch {config.batch_size}, seed {config.seed}",
+             f"- wall time: {format_seconds(state.wall_time_s)}"]
+    if last.get("eval_error") is not None:
+        lines.append(f"- final {config.eval_split} error: {100 * last['eval_error']:.2f}%"
+                     f" (best {100 * state.best_error:.2f}%)")
+    if last:
+        lines.append(f"- final training error: {100 * last['train_error']:.2f}%")
+    lines += ["", "![error curves](curves.png)", ""]
+    atomic_write_text("\n".join(lines), run_dir / "summary.md")
+
+
+def resume_run(run_dir: str | Path, *, quiet: bool = False,
+               should_stop: Callable[[int], bool] | None = None) -> RunResult:
+    """Continue the run in ``run_dir`` with the config it was started with."""
+    from .config import TrainConfig as _Config, apply, load_yaml
+
+    run_dir = Path(run_dir)
+    if not (run_dir / "config.yaml").exists():
+        raise CheckpointError(f"{run_dir}: not a run folder (no config.yaml)")
+    if not (run_dir / "last.pt").exists():
+        raise CheckpointError(f"{run_dir}: no last.pt to resume from")
+    config = apply(_Config(), load_yaml(run_dir / "config.yaml"), str(run_dir / "config.yaml"))
+    config.out = str(run_dir)
+    return fit(config.validate(), resume=True, quiet=quiet, should_stop=should_stop)

@@ -1,0 +1,49 @@
+"""Learning rate as a pure function of the step.
+
+``Schedule(step, warming_up=False)`` gives the rate for optimizer step ``step`` (0-based).
+``warming_up`` is the paper's ResNet-110 warm-up (Sec. 4.2): while the training error is still
+above the threshold the loop passes True and gets ``warmup_lr``; the loop decides when it ends.
+"""
+
+from __future__ import annotations
+
+import bisect
+import math
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Schedule:
+    kind: str  # multistep | onecycle | cosine | constant
+    lr: float
+    total_steps: int
+    milestones: tuple[int, ...] = ()
+    gamma: float = 0.1
+    warmup_steps: int = 0
+    warmup_start_factor: float = 0.1
+    warmup_lr: float = 0.01
+
+    def __call__(self, step: int, warming_up: bool = False) -> float:
+        if warming_up:
+            return self.warmup_lr
+        if self.warmup_steps and step < self.warmup_steps:
+            start = self.lr * self.warmup_start_factor
+            return start + (self.lr - start) * step / self.warmup_steps
+        if self.kind == "multistep":
+            # The paper divides by 10 *at* 32k and 48k: step 32000 already runs at 0.01.
+            return self.lr * self.gamma ** bisect.bisect_right(self.milestones, step)
+        if self.kind == "constant":
+            return self.lr
+        span = max(1, self.total_steps - self.warmup_steps)
+        progress = min(1.0, (step - self.warmup_steps) / span)
+        if self.kind == "onecycle":
+            return self.lr * (1.0 - progress)
+        if self.kind == "cosine":
+            return self.lr * 0.5 * (1.0 + math.cos(math.pi * progress))
+        raise ValueError(f"unknown schedule {self.kind!r}")
+
+
+def schedule_for(config, total_steps: int) -> Schedule:
+    warmup = config.warmup_iterations or round(config.warmup_fraction * total_steps)
+    return Schedule(config.schedule, config.lr, total_steps, tuple(config.milestones), config.gamma,
+                    warmup, config.warmup_start_factor, config.warmup_lr)
