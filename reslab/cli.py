@@ -140,6 +140,98 @@ def cmd_train(args: argparse.Namespace) -> None:
     print(text)
 
 
+def _checkpoint_data(checkpoint, data: str | None, data_root: str | None, split: str):
+    """The dataset a checkpoint was trained on (or ``data``), read with the same options."""
+    from .data import DataOptions, load_dataset
+    from .errors import CheckpointError
+
+    config = checkpoint.config
+    source = data or config.get("data")
+    if not source:
+        raise CheckpointError(f"{checkpoint.path}: no dataset recorded; pass --data")
+    options = DataOptions(root=data_root or config.get("data_root"), val_fraction=config.get("val_fraction", 0.1),
+                          image_size=config.get("image_size") or checkpoint.input_size)
+    arrays = load_dataset(source, split, options)
+    if len(arrays.classes) != len(checkpoint.classes) or arrays.channels != checkpoint.spec.in_channels:
+        raise CheckpointError(f"{checkpoint.path}: model has {len(checkpoint.classes)} classes and "
+                              f"{checkpoint.spec.in_channels} channels; {arrays.name} has {len(arrays.classes)} "
+                              f"and {arrays.channels}")
+    return arrays
+
+
+def cmd_eval(args: argparse.Namespace) -> None:
+    from .data import EvalLoader
+    from .tables import format_table
+    from .train.checkpoint import load_checkpoint
+    from .train.evaluate import evaluate
+
+    checkpoint = load_checkpoint(args.checkpoint)
+    arrays = _checkpoint_data(checkpoint, args.data, args.data_root, args.split)
+    model = checkpoint.build_model()
+    result = evaluate(model, EvalLoader(arrays, 500, checkpoint.normalizer), len(checkpoint.classes))
+    per_class = result.per_class_accuracy()
+    confusion = result.confusion.tolist()
+    if args.confusion_png:
+        from .plots import confusion_matrix
+
+        confusion_matrix(confusion, checkpoint.classes, args.confusion_png)
+    if args.json:
+        print(json.dumps({"checkpoint": str(checkpoint.path), "data": arrays.name, "examples": int(result.count),
+                          "loss": result.loss, "top1_error": result.error, "top5_error": result.top5_error,
+                          "per_class_accuracy": dict(zip(checkpoint.classes, per_class)),
+                          "confusion": confusion, "classes": checkpoint.classes}, indent=2))
+        return
+    print(f"{checkpoint.path} on {arrays.name}: {int(result.count):,} images")
+    print(f"top-1 error {100 * result.error:.2f}%  top-5 error {100 * result.top5_error:.2f}%  loss {result.loss:.4f}\n")
+    print(format_table(["class", "accuracy %"], [[c, f"{100 * a:.2f}"] for c, a in zip(checkpoint.classes, per_class)]))
+    print("\nconfusion matrix (rows: true, columns: predicted)")
+    short = [c[:6] for c in checkpoint.classes]
+    print(format_table([""] + short, [[short[i]] + row for i, row in enumerate(confusion)]))
+    if args.confusion_png:
+        print(f"\nwrote {args.confusion_png}")
+
+
+def cmd_predict(args: argparse.Namespace) -> None:
+    from .predict import predict
+    from .train.checkpoint import load_checkpoint
+
+    checkpoint = load_checkpoint(args.checkpoint)
+    predictions = predict(checkpoint, args.images, top_k=args.top_k)
+    if args.json:
+        print(json.dumps([p.to_dict() for p in predictions], indent=2))
+        return
+    for p in predictions:
+        print(f"{p.path}: " + ", ".join(f"{name} {100 * prob:.1f}%" for name, prob in p.top))
+
+
+def cmd_export(args: argparse.Namespace) -> None:
+    import torch
+
+    from .data.augment import preprocess_eval
+    from .errors import ReslabError
+    from .export import export
+    from .train.checkpoint import load_checkpoint
+
+    checkpoint = load_checkpoint(args.checkpoint)
+    out = args.out or str(checkpoint.path.with_suffix(".onnx" if args.format == "onnx" else ".torchscript.pt"))
+    try:
+        arrays = _checkpoint_data(checkpoint, None, None, "val")
+        images, source = arrays.images[:16], f"16 {arrays.name} images"
+    except ReslabError as exc:
+        # The outputs are still compared, on random images, when the training data is not at hand.
+        generator = torch.Generator().manual_seed(0)
+        size = checkpoint.input_size
+        images = torch.randint(0, 256, (16, checkpoint.spec.in_channels, size, size), dtype=torch.uint8,
+                               generator=generator)
+        source = f"16 random images (training data not found: {exc})"
+    result = export(checkpoint, out, args.format, preprocess_eval(images, checkpoint.normalizer))
+    print(f"wrote {result.path} ({args.format})")
+    if result.max_abs_diff is None:
+        print("not checked: install onnxruntime to compare its outputs with PyTorch")
+    else:
+        print(f"max |logits difference| vs PyTorch on {source}: {result.max_abs_diff:.3g} ({result.checked_with})")
+
+
 def raise_user_error(message: str) -> None:
     from .errors import ReslabError
 
@@ -177,6 +269,28 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run")
     p.add_argument("--quiet", action="store_true", help="no progress output (for logs)")
     p.set_defaults(func=cmd_train)
+
+    p = verbs.add_parser("eval", help="top-1/top-5 error, per-class accuracy, confusion matrix")
+    p.add_argument("checkpoint", help="a .pt checkpoint or a run folder")
+    p.add_argument("--data", help="dataset (default: the one the model was trained on)")
+    p.add_argument("--data-root", help="where named datasets live")
+    p.add_argument("--split", default="val", choices=["train", "val", "trainval", "test"])
+    p.add_argument("--confusion-png", metavar="PATH", help="also draw the confusion matrix")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_eval)
+
+    p = verbs.add_parser("predict", help="classify image files (or folders of them)")
+    p.add_argument("checkpoint", help="a .pt checkpoint or a run folder")
+    p.add_argument("images", nargs="+", help="image files or folders")
+    p.add_argument("--top-k", type=int, default=3)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_predict)
+
+    p = verbs.add_parser("export", help="write ONNX or TorchScript and check it against PyTorch")
+    p.add_argument("checkpoint", help="a .pt checkpoint or a run folder")
+    p.add_argument("--format", choices=["onnx", "torchscript"], default="onnx")
+    p.add_argument("--out", help="output file")
+    p.set_defaults(func=cmd_export)
     return parser
 
 

@@ -70,8 +70,8 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     try:
         payload = torch.load(path, map_location=map_location, weights_only=True)
     except (pickle.UnpicklingError, zipfile.BadZipFile, EOFError, RuntimeError, OSError, ValueError) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise CheckpointError(f"{path}: not a readable checkpoint ({first[:200]})") from None
+        raise CheckpointError(f"{path}: not a readable checkpoint (corrupt, truncated, or not a PyTorch file: "
+                              f"{type(exc).__name__})") from None
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise CheckpointError(f"{path}: not a reslab checkpoint (for weights saved by other code, "
                               "use reslab.models.convert.load_foreign_weights)")

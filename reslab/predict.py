@@ -1,0 +1,70 @@
+"""Classify image files with a trained checkpoint, preprocessed the way the model was trained."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+from PIL import Image, UnidentifiedImageError
+
+from .data.augment import preprocess_eval
+from .data.folder import IMAGE_SUFFIXES, decode_image
+from .errors import DataError
+from .train.checkpoint import Checkpoint
+
+
+@dataclass(frozen=True)
+class Prediction:
+    path: str
+    top: list[tuple[str, float]]  # (class name, probability), best first
+
+    def to_dict(self) -> dict:
+        return {"path": self.path, "top": [{"class": c, "probability": p} for c, p in self.top]}
+
+
+def expand_paths(paths: Sequence[str | Path]) -> list[Path]:
+    """Files as given; folders replaced by the image files inside them (sorted, recursive)."""
+    files: list[Path] = []
+    for raw in paths:
+        path = Path(raw)
+        if path.is_dir():
+            found = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+            if not found:
+                raise DataError(f"{path}: no image files in this folder")
+            files += found
+        elif path.exists():
+            files.append(path)
+        else:
+            raise DataError(f"{path}: no such file")
+    return files
+
+
+def load_images(paths: Sequence[Path], channels: int, size: int) -> torch.Tensor:
+    """uint8 (N, C, size, size): shorter side resized to ``size``, centre crop, as in training."""
+    arrays = []
+    for path in paths:
+        try:
+            arrays.append(decode_image(path, channels, size))
+        except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError):
+            raise DataError(f"{path}: not a readable image") from None
+    return torch.from_numpy(np.stack(arrays))
+
+
+@torch.inference_mode()
+def predict(checkpoint: Checkpoint, paths: Sequence[str | Path], top_k: int = 3,
+            batch_size: int = 256) -> list[Prediction]:
+    files = expand_paths(paths)
+    model = checkpoint.build_model()
+    k = max(1, min(top_k, len(checkpoint.classes)))
+    results = []
+    for start in range(0, len(files), batch_size):
+        chunk = files[start:start + batch_size]
+        images = load_images(chunk, checkpoint.spec.in_channels, checkpoint.input_size)
+        probs = model(preprocess_eval(images, checkpoint.normalizer)).softmax(1)
+        values, indices = probs.topk(k, dim=1)
+        for path, vals, idxs in zip(chunk, values.tolist(), indices.tolist()):
+            results.append(Prediction(str(path), [(checkpoint.classes[i], v) for v, i in zip(vals, idxs)]))
+    return results

@@ -1,0 +1,54 @@
+import pickle
+import tarfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+SHARED = Path(__file__).resolve().parents[1].parent / "shared"
+
+
+def write_cifar_folder(root: Path, per_batch: int = 20, str_keys: bool = False, with_test: bool = True,
+                       seed: int = 0) -> Path:
+    """A tiny CIFAR-10 in the official layout: 5 training batches, a test batch, batches.meta.
+
+    Keys are bytes (as the official Python-2 pickles load with encoding="bytes") unless str_keys.
+    """
+    rng = np.random.default_rng(seed)
+    folder = root / "cifar-10-batches-py"
+    folder.mkdir(parents=True)
+
+    def key(k):
+        return k if str_keys else k.encode()
+
+    names = [b"airplane", b"automobile", b"bird", b"cat", b"deer", b"dog", b"frog", b"horse", b"ship", b"truck"]
+    with open(folder / "batches.meta", "wb") as f:
+        pickle.dump({key("label_names"): names, key("num_cases_per_batch"): per_batch}, f, protocol=2)
+    files = [f"data_batch_{i}" for i in range(1, 6)] + (["test_batch"] if with_test else [])
+    for name in files:
+        labels = [int(i % 10) for i in range(per_batch)]
+        data = rng.integers(0, 256, (per_batch, 3072), dtype=np.uint8)
+        with open(folder / name, "wb") as f:
+            pickle.dump({key("data"): data, key("labels"): labels, key("batch_label"): name.encode()}, f, protocol=2)
+    return folder
+
+
+def make_archive(folder: Path, archive: Path) -> Path:
+    with tarfile.open(archive, "w:gz") as tar:
+        tar.add(folder, arcname=folder.name)
+    return archive
+
+
+@pytest.fixture
+def tiny_cifar(tmp_path) -> Path:
+    """A data root holding a tiny extracted CIFAR-10."""
+    write_cifar_folder(tmp_path / "data")
+    return tmp_path / "data"
+
+
+@pytest.fixture(autouse=True)
+def _isolated_cache(tmp_path, monkeypatch):
+    # Never touch the user's ~/.cache during tests.
+    monkeypatch.setenv("RESLAB_DATA", str(tmp_path / "reslab-data"))
+    torch.manual_seed(0)

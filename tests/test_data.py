@@ -1,0 +1,403 @@
+"""The data layer: sources, splits, downloads, folders, IDX files and the batched pipeline."""
+
+import gzip
+import hashlib
+import http.server
+import io
+import os
+import subprocess
+import sys
+import tarfile
+import threading
+import warnings
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from conftest import SHARED, make_archive, write_cifar_folder
+from reslab.data import DataOptions, EvalLoader, Normalizer, TrainLoader, load_dataset
+from reslab.data.arrays import ImageArrays, stratified_split
+from reslab.data.augment import crop_flip
+from reslab.data.cifar import locate
+from reslab.data.download import download_file, safe_extract
+from reslab.data.idx import read_idx
+from reslab.errors import DataError
+
+
+# ---- CIFAR --------------------------------------------------------------------------------
+@pytest.mark.parametrize("str_keys", [False, True])
+def test_cifar_archive_loads_with_bytes_or_str_keys(tmp_path, str_keys):
+    src = write_cifar_folder(tmp_path / "src", per_batch=20, str_keys=str_keys)
+    root = tmp_path / "root"
+    root.mkdir()
+    make_archive(src, root / "cifar-10-python.tar.gz")
+    train = load_dataset("cifar10", "trainval", DataOptions(root=str(root), download=False))
+    assert train.images.shape == (100, 3, 32, 32) and train.images.dtype == torch.uint8
+    assert train.classes[0] == "airplane" and train.classes[9] == "truck"
+    assert train.class_counts() == [10] * 10
+    # Pixels are stored as R, G, B planes of 32x32: the first row of data is image 0's red plane.
+    import pickle
+
+    with open(src / "data_batch_1", "rb") as f:
+        raw = pickle.load(f, encoding="bytes")
+    data = raw[b"data" if not str_keys else "data"]
+    assert torch.equal(train.images[0, 0].flatten(), torch.from_numpy(data[0, :1024]))
+    test = load_dataset("cifar10", "test", DataOptions(root=str(root), download=False))
+    assert len(test) == 20
+
+
+def test_validation_split_is_deterministic_stratified_and_disjoint(tiny_cifar):
+    opts = DataOptions(root=str(tiny_cifar), download=False)
+    train, val = load_dataset("cifar10", "train", opts), load_dataset("cifar10", "val", opts)
+    assert len(train) == 90 and len(val) == 10
+    assert val.class_counts() == [1] * 10
+    labels = torch.arange(100) % 10
+    tr, va = stratified_split(labels, 0.1)
+    assert set(tr.tolist()).isdisjoint(va.tolist()) and len(tr) + len(va) == 100
+    # The held-out images are each class's last ones in file order.
+    assert va.tolist() == list(range(90, 100))
+    assert torch.equal(stratified_split(labels, 0.1)[1], va)
+
+
+def test_missing_cifar_offline_says_where_to_put_it(tmp_path):
+    with pytest.raises(DataError, match="put cifar-10-python.tar.gz .* in"):
+        load_dataset("cifar10", "train", DataOptions(root=str(tmp_path), download=False))
+
+
+def test_cifar_without_test_split_says_so(tmp_path):
+    write_cifar_folder(tmp_path, with_test=False)
+    with pytest.raises(DataError, match="no test split"):
+        load_dataset("cifar10", "test", DataOptions(root=str(tmp_path)))
+
+
+def test_truncated_pickle_and_wrong_archive(tmp_path):
+    folder = write_cifar_folder(tmp_path / "a")
+    blob = (folder / "data_batch_3").read_bytes()
+    (folder / "data_batch_3").write_bytes(blob[: len(blob) // 2])
+    with pytest.raises(DataError, match="data_batch_3: truncated or corrupt"):
+        load_dataset("cifar10", "train", DataOptions(root=str(tmp_path / "a")))
+    root = tmp_path / "b"
+    root.mkdir()
+    with tarfile.open(root / "cifar-10-python.tar.gz", "w:gz") as tar:
+        info = tarfile.TarInfo("something-else/readme.txt")
+        info.size = 2
+        tar.addfile(info, io.BytesIO(b"hi"))
+    with pytest.raises(DataError, match="not a cifar10 archive"):
+        load_dataset("cifar10", "train", DataOptions(root=str(root)))
+    (root / "cifar-10-python.tar.gz").write_bytes(b"not a tar at all")
+    with pytest.raises(DataError, match="not a readable tar"):
+        load_dataset("cifar10", "train", DataOptions(root=str(root)))
+
+
+def test_hostile_tar_is_refused_and_writes_nothing(tmp_path):
+    archive = tmp_path / "evil.tar"
+    with tarfile.open(archive, "w") as tar:
+        for name in ("ok/fine.txt", "../escaped.txt"):
+            info = tarfile.TarInfo(name)
+            info.size = 1
+            tar.addfile(info, io.BytesIO(b"x"))
+    dest = tmp_path / "dest"
+    with pytest.raises(DataError, match="unsafe archive member"):
+        safe_extract(archive, dest)
+    assert not (tmp_path / "escaped.txt").exists()
+    assert not (dest / "ok").exists()
+    link = tmp_path / "link.tar"
+    with tarfile.open(link, "w") as tar:
+        info = tarfile.TarInfo("sneaky")
+        info.type, info.linkname = tarfile.SYMTYPE, "/etc/passwd"
+        tar.addfile(info)
+    with pytest.raises(DataError, match="unsafe"):
+        safe_extract(link, dest)
+
+
+def test_label_out_of_range_is_a_data_error():
+    with pytest.raises(DataError, match="label index 12 is out of range for 10 classes"):
+        ImageArrays(torch.zeros(3, 1, 4, 4, dtype=torch.uint8), torch.tensor([0, 12, 1]), list("abcdefghij"), "x")
+
+
+# ---- downloads against a local server -----------------------------------------------------
+class _Handler(http.server.BaseHTTPRequestHandler):
+    files: dict = {}
+
+    def do_GET(self):  # noqa: N802
+        body, declared = self.files.get(self.path, (None, None))
+        if body is None:
+            self.send_error(404)
+            return
+        self.send_response(200)
+        self.send_header("Content-Length", str(declared))
+        self.end_headers()
+        self.wfile.write(body)  # a "cut" file declares more than it sends
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture
+def server(tmp_path):
+    src = write_cifar_folder(tmp_path / "srv")
+    archive = make_archive(src, tmp_path / "cifar-10-python.tar.gz").read_bytes()
+    _Handler.files = {
+        "/good/cifar-10-python.tar.gz": (archive, len(archive)),
+        "/corrupt/cifar-10-python.tar.gz": (archive[:-10] + b"0123456789", len(archive)),
+        "/cut/cifar-10-python.tar.gz": (archive[: len(archive) // 2], len(archive)),
+    }
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{httpd.server_address[1]}", hashlib.md5(archive).hexdigest()
+    httpd.shutdown()
+    httpd.server_close()
+
+
+def test_download_good_file_verifies_md5_and_extracts(tmp_path, server, monkeypatch):
+    url, md5 = server
+    import reslab.data.cifar as cifar
+
+    monkeypatch.setitem(cifar.FORMATS, "cifar10", cifar.FORMATS["cifar10"].__class__(
+        **{**cifar.FORMATS["cifar10"].__dict__, "md5": md5}))
+    root = tmp_path / "dl"
+    folder = locate("cifar10", root, download=True, base_url=url + "/good/")
+    assert (folder / "data_batch_5").exists() and (root / "cifar-10-python.tar.gz").exists()
+    assert not list(root.glob("*.part"))
+
+
+def test_download_md5_mismatch_keeps_bad_file_aside(tmp_path, server):
+    url, md5 = server
+    dest = tmp_path / "dl" / "cifar-10-python.tar.gz"
+    with pytest.raises(DataError, match=r"does not match .* kept aside as .*\.bad"):
+        download_file(url + "/corrupt/cifar-10-python.tar.gz", dest, md5, progress=False)
+    assert not dest.exists()
+    assert dest.with_name(dest.name + ".bad").exists()
+
+
+def test_download_cut_off_halfway_leaves_nothing(tmp_path, server):
+    url, md5 = server
+    dest = tmp_path / "dl" / "cifar-10-python.tar.gz"
+    with pytest.raises(DataError):
+        download_file(url + "/cut/cifar-10-python.tar.gz", dest, md5, progress=False, timeout=5)
+    assert not dest.exists()
+    assert not list(dest.parent.glob("*.part"))
+
+
+def test_download_missing_url_is_clear(tmp_path, server):
+    url, _ = server
+    with pytest.raises(DataError, match="cannot download"):
+        download_file(url + "/nope.tar.gz", tmp_path / "x.tar.gz", progress=False)
+
+
+# ---- image folders ------------------------------------------------------------------------
+def save(path, mode, size, value=128):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    channels = {"RGB": 3, "RGBA": 4, "L": 1}[mode]
+    array = np.full((size[1], size[0], channels), value, dtype=np.uint8).squeeze()
+    Image.fromarray(array, mode=mode).save(path)
+
+
+@pytest.fixture
+def photo_folder(tmp_path):
+    root = tmp_path / "photos"
+    for i in range(5):
+        save(root / "cats" / f"c{i}.png", "RGB", (16, 16), 10 * i)
+        save(root / "dogs" / f"d{i}.jpg", "RGB", (16, 16), 200)
+    save(root / "dogs" / "gray.png", "L", (16, 16), 50)
+    save(root / "cats" / "alpha.png", "RGBA", (16, 16), 90)
+    return root
+
+
+def test_folder_classes_modes_and_split(photo_folder):
+    data = load_dataset(photo_folder, "trainval")
+    assert data.classes == ["cats", "dogs"]
+    assert data.images.shape == (12, 3, 16, 16)
+    assert data.class_counts() == [6, 6]
+    gray_index = [i for i, lbl in enumerate(data.labels.tolist()) if lbl == 1][-1]
+    assert torch.all(data.images[gray_index] == 50)  # grayscale replicated into RGB
+    val = load_dataset(photo_folder, "val", DataOptions(val_fraction=0.2))
+    assert val.class_counts() == [1, 1]
+    gray = load_dataset(photo_folder, "trainval", DataOptions(channels=1))
+    assert gray.channels == 1
+
+
+def test_folder_skips_and_reports_bad_files_or_fails_when_strict(photo_folder):
+    (photo_folder / "cats" / "notes.txt").write_text("not an image")
+    (photo_folder / "dogs" / "broken.jpg").write_bytes(b"\xff\xd8 garbage")
+    with pytest.warns(UserWarning) as record:
+        data = load_dataset(photo_folder, "trainval")
+    messages = " ".join(str(w.message) for w in record)
+    assert "1 non-image file(s): cats/notes.txt" in messages
+    assert "1 unreadable image(s): dogs/broken.jpg" in messages
+    assert len(data) == 12
+    with pytest.raises(DataError, match="strict"):
+        load_dataset(photo_folder, "trainval", DataOptions(strict=True))
+
+
+def test_folder_bad_layouts(tmp_path, photo_folder):
+    (photo_folder / "empty").mkdir()
+    with pytest.raises(DataError, match="empty: class folder has no images"):
+        load_dataset(photo_folder, "trainval")
+    (photo_folder / "empty").rmdir()
+    save(photo_folder / "cats" / "big.png", "RGB", (32, 24))
+    with pytest.raises(DataError, match="mixed sizes .*--image-size"):
+        load_dataset(photo_folder, "trainval")
+    resized = load_dataset(photo_folder, "trainval", DataOptions(image_size=8))
+    assert resized.images.shape[1:] == (3, 8, 8)
+    with pytest.raises(DataError, match="no such dataset or folder"):
+        load_dataset(tmp_path / "missing", "train")
+    (tmp_path / "flat").mkdir()
+    save(tmp_path / "flat" / "x.png", "RGB", (8, 8))
+    with pytest.raises(DataError, match="no class folders"):
+        load_dataset(tmp_path / "flat", "train")
+
+
+def test_folder_cache_is_used_then_invalidated(photo_folder, monkeypatch):
+    import reslab.data.folder as folder
+
+    first = load_dataset(photo_folder, "trainval")
+    calls = []
+    real = folder.decode_image
+    monkeypatch.setattr(folder, "decode_image", lambda *a: calls.append(a) or real(*a))
+    again = load_dataset(photo_folder, "trainval")
+    assert calls == [] and torch.equal(first.images, again.images)
+    save(photo_folder / "cats" / "c0.png", "RGB", (16, 16), 255)  # edit one image
+    os.utime(photo_folder / "cats" / "c0.png", ns=(1, 1))
+    changed = load_dataset(photo_folder, "trainval")
+    assert len(calls) == 12 and not torch.equal(first.images, changed.images)
+
+
+def test_presplit_folders(tmp_path):
+    for split in ("train", "val"):
+        for cls in ("a", "b"):
+            for i in range(3):
+                save(tmp_path / "ds" / split / cls / f"{i}.png", "RGB", (8, 8), 40 * i)
+    assert len(load_dataset(tmp_path / "ds", "train")) == 6
+    assert len(load_dataset(tmp_path / "ds", "val")) == 6
+
+
+# ---- IDX ----------------------------------------------------------------------------------
+def idx_bytes(array: np.ndarray) -> bytes:
+    header = bytes([0, 0, 0x08, array.ndim]) + b"".join(int(d).to_bytes(4, "big") for d in array.shape)
+    return header + array.astype(np.uint8).tobytes()
+
+
+@pytest.mark.parametrize("gz", [True, False])
+def test_idx_files(tmp_path, gz):
+    images = np.random.default_rng(0).integers(0, 256, (30, 28, 28), dtype=np.uint8)
+    labels = np.arange(30) % 10
+    folder = tmp_path / "mnist"
+    folder.mkdir()
+    for name, array in (("train-images-idx3-ubyte", images), ("train-labels-idx1-ubyte", labels)):
+        blob = idx_bytes(array)
+        if gz:
+            (folder / (name + ".gz")).write_bytes(gzip.compress(blob))
+        else:
+            (folder / name).write_bytes(blob)
+    data = load_dataset("mnist", "trainval", DataOptions(root=str(tmp_path)))
+    assert data.images.shape == (30, 1, 28, 28)
+    assert torch.equal(data.images[:, 0], torch.from_numpy(images))
+    assert data.augment.flip is False
+    by_path = load_dataset(folder, "trainval")
+    assert len(by_path) == 30
+
+
+def test_truncated_idx(tmp_path):
+    path = tmp_path / "x-idx3-ubyte"
+    path.write_bytes(idx_bytes(np.zeros((4, 5, 5)))[:-7])
+    with pytest.raises(DataError, match="header says 100"):
+        read_idx(path)
+    path.write_bytes(b"\x01\x02")
+    with pytest.raises(DataError, match="not an unsigned-byte IDX"):
+        read_idx(path)
+
+
+@pytest.mark.skipif(not os.path.exists("/usr/share/datasets/fashion-mnist"), reason="dataset-fashion-mnist not installed")
+def test_debian_fashion_mnist():
+    data = load_dataset("fashion-mnist", "trainval")
+    assert data.images.shape == (60_000, 1, 28, 28)
+    assert data.class_counts() == [6000] * 10
+
+
+def test_digits_needs_no_download():
+    pytest.importorskip("sklearn")
+    data = load_dataset("digits", "trainval")
+    assert data.images.shape == (1797, 1, 8, 8) and data.images.max() == 255
+
+
+# ---- the batched pipeline -----------------------------------------------------------------
+def test_crop_flip_matches_a_per_sample_reference():
+    x = torch.randn(6, 3, 8, 8)
+    out = crop_flip(x, pad=2, flip=True, generator=torch.Generator().manual_seed(3))
+    assert out.is_contiguous(memory_format=torch.channels_last)
+    padded = torch.nn.functional.pad(x, (2, 2, 2, 2))
+    flips_seen = set()
+    for n in range(6):
+        matches = [(dy, dx, f) for dy in range(5) for dx in range(5) for f in (False, True)
+                   if torch.equal(out[n], (lambda c: c.flip(2) if f else c)(padded[n, :, dy:dy + 8, dx:dx + 8]))]
+        assert matches, f"sample {n} is not a pad-2 crop (+flip) of its input"
+        flips_seen.add(matches[0][2])
+    assert crop_flip(x, 0, False, torch.Generator()).equal(x)
+
+
+def test_normalizer_channel_and_pixel_statistics():
+    images = torch.randint(0, 256, (50, 3, 4, 4), dtype=torch.uint8)
+    n = Normalizer.fit(images)
+    floats = images.double() / 255
+    torch.testing.assert_close(n.mean.double(), floats.mean((0, 2, 3)), rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(n.std.double(), floats.permute(1, 0, 2, 3).reshape(3, -1).std(1, unbiased=False),
+                               rtol=1e-4, atol=1e-5)
+    out = n(images)
+    assert abs(out.mean().item()) < 1e-4
+    p = Normalizer.fit(images, "pixel")
+    assert p.mean.shape == (3, 4, 4)
+    torch.testing.assert_close(p(images).mean(0), torch.zeros(3, 4, 4), atol=1e-5, rtol=0)
+
+
+def _toy(n=64):
+    return ImageArrays(torch.randint(0, 256, (n, 3, 8, 8), dtype=torch.uint8), torch.arange(n) % 4,
+                       list("abcd"), "toy")
+
+
+def test_loader_is_seeded_resumable_and_shards_exactly():
+    data = _toy()
+    norm = Normalizer.fit(data.images)
+    loader = TrainLoader(data, 16, norm, seed=5)
+    full = list(loader.epoch(2))
+    again = list(TrainLoader(data, 16, norm, seed=5).epoch(2))
+    assert all(torch.equal(a[0], b[0]) and torch.equal(a[1], b[1]) for a, b in zip(full, again))
+    assert not torch.equal(full[0][0], next(loader.epoch(3))[0])
+    resumed = list(loader.epoch(2, start=2))
+    assert torch.equal(resumed[0][0], full[2][0])
+    shards = [list(TrainLoader(data, 16, norm, seed=5, rank=r, world_size=2).epoch(2)) for r in range(2)]
+    for b in range(len(full)):
+        x = torch.empty_like(full[b][0])
+        x[0::2], x[1::2] = shards[0][b][0], shards[1][b][0]
+        assert torch.equal(x, full[b][0])
+    # Every image once per epoch.
+    seen = torch.cat([y for _, y in full])
+    assert len(seen) == 64
+    with pytest.raises(DataError, match="multiple of the 3 processes"):
+        TrainLoader(data, 16, norm, world_size=3)
+
+
+def test_eval_loader_shards_count_each_example_once():
+    data = _toy(37)
+    norm = Normalizer.fit(data.images)
+    counts = torch.zeros(37, dtype=torch.int64)
+    for rank in range(3):
+        loader = EvalLoader(data, 5, norm, rank=rank, world_size=3)
+        counts[loader.indices] += 1
+        assert sum(len(y) for _, y in loader) == len(loader.indices)
+    assert torch.all(counts == 1)
+
+
+@pytest.mark.skipif(not (SHARED / "data" / "cifar10-train-jpeg.tar.gz").exists(), reason="../shared data absent")
+def test_shared_cifar10_jpeg_converts_and_loads(tmp_path):
+    out = tmp_path / "cifar"
+    subprocess.run([sys.executable, str(SHARED / "tools" / "cifar10-from-jpeg.py"), "--train",
+                    str(SHARED / "data" / "cifar10-train-jpeg.tar.gz"), "--out", str(out)], check=True,
+                   capture_output=True, timeout=600)
+    data = load_dataset("cifar10", "trainval", DataOptions(root=str(out), download=False))
+    assert len(data) == 50_000
+    assert data.class_counts() == [5000] * 10
+    assert len(load_dataset("cifar10", "train", DataOptions(root=str(out)))) == 45_000
