@@ -119,7 +119,7 @@ def train_overrides(args: argparse.Namespace) -> dict:
     return values
 
 
-def cmd_train(args: argparse.Namespace) -> None:
+def cmd_train(args: argparse.Namespace) -> int | None:
     from .train.config import resolve
     from .train.loop import fit, resume_run
 
@@ -132,7 +132,7 @@ def cmd_train(args: argparse.Namespace) -> None:
         raise_user_error(f"{result.message} ({result.run_dir})")
     if result.status == "interrupted":
         print(result.message)
-        return
+        return 130
     last = result.history[-1] if result.history else {}
     text = f"done: {result.run_dir}"
     if last.get("eval_error") is not None:
@@ -156,6 +156,12 @@ def _checkpoint_data(checkpoint, data: str | None, data_root: str | None, split:
         raise CheckpointError(f"{checkpoint.path}: model has {len(checkpoint.classes)} classes and "
                               f"{checkpoint.spec.in_channels} channels; {arrays.name} has {len(arrays.classes)} "
                               f"and {arrays.channels}")
+    if arrays.classes != checkpoint.classes:
+        raise CheckpointError(f"{checkpoint.path}: class names differ from {arrays.name}'s "
+                              f"({checkpoint.classes[0]!r}... vs {arrays.classes[0]!r}...)")
+    if arrays.image_size != checkpoint.input_size:
+        raise CheckpointError(f"{checkpoint.path}: trained on {checkpoint.input_size}px images, "
+                              f"{arrays.name} has {arrays.image_size}px")
     return arrays
 
 
@@ -298,7 +304,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        args.func(args)
+        status = args.func(args)
     except ReslabError as exc:
         print(f"reslab {args.verb}: error: {exc}", file=sys.stderr)
         return 2
@@ -307,7 +313,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
     except BrokenPipeError:
         return 0
-    return 0
+    return status or 0
 
 
 if __name__ == "__main__":

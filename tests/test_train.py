@@ -1,0 +1,245 @@
+"""Training: a real short run, resume equivalence, checkpoints, schedules, and bad input."""
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from reslab.errors import CheckpointError, ConfigError
+from reslab.fileio import atomic_torch_save
+from reslab.train.checkpoint import load_checkpoint
+from reslab.train.config import TrainConfig, resolve
+from reslab.train.loop import fit, resume_run
+from reslab.train.schedules import Schedule, schedule_for
+
+pytest.importorskip("sklearn")  # the digits dataset: real data, no download
+
+TIMING = {"images_per_s", "epoch_time_s", "wall_time_s"}
+
+
+def tiny_config(out, **overrides):
+    """ResNet-8 on the 8x8 digits: a real run in a few seconds."""
+    values = dict(model="resnet", model_options={"depth": 8}, data="digits", epochs=3, batch_size=64,
+                  lr=0.1, out=str(out), eval_batch_size=256)
+    values.update(overrides)
+    return resolve("fast", overrides=values)
+
+
+def strip_timing(history):
+    return [{k: v for k, v in row.items() if k not in TIMING} for row in history]
+
+
+def test_short_run_learns(tmp_path):
+    result = fit(tiny_config(tmp_path / "run", epochs=6), quiet=True)
+    assert result.status == "finished"
+    history = result.history
+    assert history[-1]["train_loss"] < 0.7 * history[0]["train_loss"]
+    assert history[-1]["eval_error"] < 0.35  # chance is 0.9
+    for name in ("config.yaml", "metrics.jsonl", "metrics.csv", "last.pt", "best.pt", "curves.png",
+                 "summary.md", "summary.json"):
+        assert (tmp_path / "run" / name).exists(), name
+    rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert len(rows) == 6 and {"train_error", "eval_error", "lr", "images_per_s", "wall_time_s"} <= set(rows[0])
+    assert (tmp_path / "run" / "metrics.csv").read_text().count("\n") == 7
+
+
+def test_interrupted_then_resumed_run_reproduces_the_uninterrupted_one(tmp_path):
+    whole = fit(tiny_config(tmp_path / "whole"), quiet=True)
+    stopped = fit(tiny_config(tmp_path / "split"), quiet=True, should_stop=lambda step: step == 37)
+    assert stopped.status == "interrupted" and len(stopped.history) == 1  # mid-epoch 2 (25 steps/epoch)
+    assert load_checkpoint(tmp_path / "split" / "last.pt").progress["step"] == 37
+    resumed = resume_run(tmp_path / "split", quiet=True)
+    assert resumed.status == "finished"
+    assert strip_timing(resumed.history) == strip_timing(whole.history)
+    a = load_checkpoint(tmp_path / "whole" / "last.pt").model_state
+    b = load_checkpoint(tmp_path / "split" / "last.pt").model_state
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_checkpoint_round_trip(tmp_path):
+    fit(tiny_config(tmp_path / "run", epochs=1), quiet=True)
+    ckpt = load_checkpoint(tmp_path / "run")  # a run folder resolves to best.pt
+    assert ckpt.path.name == "best.pt"
+    assert ckpt.classes == [str(i) for i in range(10)] and ckpt.input_size == 8
+    assert ckpt.spec.depth == 8 and ckpt.spec.in_channels == 1
+    model = ckpt.build_model()
+    again = load_checkpoint(ckpt.path).build_model()
+    x = torch.randn(3, 1, 8, 8)
+    with torch.no_grad():
+        assert torch.equal(model(x), again(x))
+    assert ckpt.optimizer_state is not None and ckpt.config["data"] == "digits"
+
+
+def test_paper_recipe_is_sec_4_2():
+    c = resolve("paper", overrides={"model": "resnet56"})
+    assert (c.optimizer, c.lr, c.momentum, c.weight_decay, c.batch_size) == ("sgd", 0.1, 0.9, 1e-4, 128)
+    assert (c.iterations, c.milestones, c.warmup_until_error) == (64_000, [32_000, 48_000], None)
+    assert resolve("paper", overrides={"model": "resnet110"}).warmup_until_error == 0.8
+    s = schedule_for(c, c.iterations)
+    assert [s(t) for t in (0, 31_999, 32_000, 47_999, 48_000, 63_999)] == pytest.approx(
+        [0.1, 0.1, 0.01, 0.01, 0.001, 0.001])
+    assert s(10, warming_up=True) == 0.01
+
+
+def test_onecycle_and_cosine_shapes():
+    s = Schedule("onecycle", 0.2, 1000, warmup_steps=150, warmup_start_factor=0.1)
+    assert s(0) == pytest.approx(0.02) and s(150) == pytest.approx(0.2)
+    assert s(75) == pytest.approx(0.11) and s(999) < 0.001 and s(575) == pytest.approx(0.1)
+    c = Schedule("cosine", 1.0, 100)
+    assert c(0) == 1.0 and c(50) == pytest.approx(0.5) and c(100) == pytest.approx(0.0)
+
+
+def test_paper_warmup_ends_when_training_error_drops(tmp_path):
+    config = tiny_config(tmp_path / "run", epochs=3, schedule="constant", warmup_until_error=0.85, warmup_lr=0.01)
+    result = fit(config, quiet=True)
+    progress = load_checkpoint(tmp_path / "run" / "last.pt").progress
+    assert progress["warming_up"] is False
+    assert result.history[-1]["lr"] == pytest.approx(0.1)
+
+
+def test_config_precedence_and_errors(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("recipe: fast\nlr: 0.3\nbatch_size: 64\n")
+    c = resolve(file=path, overrides={"lr": "0.05"})
+    assert c.recipe == "fast" and c.lr == 0.05 and c.batch_size == 64 and c.nesterov is True
+    with pytest.raises(ConfigError, match="unknown setting"):
+        resolve(overrides={"learning_rate": "0.1"})
+    with pytest.raises(ConfigError, match="unknown recipe"):
+        resolve("slow")
+    with pytest.raises(ConfigError, match="schedule"):
+        resolve(overrides={"schedule": "step"})
+    path.write_text("lr: [0.1\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        resolve(file=path)
+
+
+def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
+    # lr jumps by 1e12 when epoch 2 begins: the loss blows up there.
+    config = tiny_config(tmp_path / "run", epochs=3, schedule="multistep", milestones=[25], gamma=1e12)
+    result = fit(config, quiet=True)
+    assert result.status == "diverged" and "last good checkpoint" in result.message
+    ckpt = load_checkpoint(tmp_path / "run" / "last.pt")
+    assert ckpt.progress["step"] == 25
+    assert all(torch.isfinite(v).all() for v in ckpt.model_state.values() if v.is_floating_point())
+
+
+def test_atomic_save_survives_a_crash_mid_write(tmp_path, monkeypatch):
+    target = tmp_path / "last.pt"
+    atomic_torch_save({"v": torch.ones(3)}, target)
+
+    def broken_save(obj, f):
+        Path(f).write_bytes(b"half a file")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(torch, "save", broken_save)
+    with pytest.raises(OSError):
+        atomic_torch_save({"v": torch.zeros(3)}, target)
+    monkeypatch.undo()
+    assert torch.equal(torch.load(target, weights_only=True)["v"], torch.ones(3))
+    assert [p.name for p in tmp_path.iterdir()] == ["last.pt"]
+
+
+def test_bad_checkpoints_are_clear(tmp_path):
+    with pytest.raises(CheckpointError, match="no such checkpoint"):
+        load_checkpoint(tmp_path / "none.pt")
+    (tmp_path / "trunc.pt").write_bytes(b"PK\x03\x04 truncated")
+    with pytest.raises(CheckpointError, match="not a readable checkpoint"):
+        load_checkpoint(tmp_path / "trunc.pt")
+    torch.save({"conv1.weight": torch.zeros(1)}, tmp_path / "foreign.pt")
+    with pytest.raises(CheckpointError, match="not a reslab checkpoint"):
+        load_checkpoint(tmp_path / "foreign.pt")
+    with pytest.raises(CheckpointError, match="not a run folder"):
+        resume_run(tmp_path)
+
+
+def run_cli(*args, timeout=300):
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    return subprocess.run([sys.executable, "-m", "reslab", *args], capture_output=True, text=True,
+                          timeout=timeout, env=env)
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    out = tmp_path_factory.mktemp("trained") / "run"
+    result = run_cli("train", "--recipe", "fast", "--model", "resnet20", "--data", "digits", "--epochs", "4",
+                     "--batch-size", "64", "--out", str(out), "--quiet")
+    assert result.returncode == 0, result.stderr
+    assert "final eval error" in result.stdout
+    return out
+
+
+def test_cli_eval_predict_export(trained, tmp_path):
+    result = run_cli("eval", str(trained), "--json", "--confusion-png", str(tmp_path / "cm.png"))
+    assert result.returncode == 0, result.stderr
+    data = json.loads(result.stdout)
+    assert data["examples"] == 179 and 0 <= data["top1_error"] < 0.5 and len(data["confusion"]) == 10
+    assert (tmp_path / "cm.png").stat().st_size > 1000
+    from PIL import Image
+
+    from reslab.data import load_dataset
+
+    images = load_dataset("digits", "val").images[:4, 0].numpy()
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    for i, im in enumerate(images):
+        Image.fromarray(im).resize((32, 40)).convert("RGB").save(folder / f"{i}.png")  # any size, any mode
+    result = run_cli("predict", str(trained), str(folder), "--top-k", "2", "--json")
+    assert result.returncode == 0, result.stderr
+    preds = json.loads(result.stdout)
+    assert len(preds) == 4 and all(len(p["top"]) == 2 for p in preds)
+    assert all(p["top"][0]["probability"] >= p["top"][1]["probability"] for p in preds)
+    for fmt, suffix in (("torchscript", ".ts"), ("onnx", ".onnx")):
+        result = run_cli("export", str(trained), "--format", fmt, "--out", str(tmp_path / f"m{suffix}"))
+        assert result.returncode == 0, result.stderr
+        assert (tmp_path / f"m{suffix}").exists()
+        match = re.search(r"max \|logits difference\| vs PyTorch on 16 digits-val images: (\S+) ", result.stdout)
+        assert match, result.stdout
+        assert float(match.group(1)) < 1e-4
+
+
+@pytest.mark.parametrize("args, message", [
+    (["train", "--set", "learning_rate=1"], "unknown setting"),
+    (["train", "--config", "missing.yaml"], "no such config file"),
+    (["train", "--resume", "nowhere"], "not a run folder"),
+    (["train", "--data", "no/such/folder", "--epochs", "1"], "no such dataset or folder"),
+    (["train", "--model", "resnet21", "--data", "digits", "--epochs", "1"], "unknown model"),
+    (["eval", "missing.pt"], "no such checkpoint"),
+    (["predict", "missing.pt", "x.png"], "no such checkpoint"),
+])
+def test_cli_bad_input_is_one_line(args, message, tmp_path):
+    result = run_cli(*args, "--out", str(tmp_path / "o")) if args[0] == "train" and "--resume" not in args \
+        else run_cli(*args)
+    assert result.returncode == 2, (result.stdout, result.stderr)
+    assert message in result.stderr and "Traceback" not in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+
+
+def test_cli_predict_bad_image_and_wrong_data(trained, tmp_path):
+    (tmp_path / "bad.png").write_bytes(b"not a png")
+    result = run_cli("predict", str(trained), str(tmp_path / "bad.png"))
+    assert result.returncode == 2 and "not a readable image" in result.stderr
+    result = run_cli("eval", str(trained), "--data", "fashion-mnist")
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+
+
+def test_ctrl_c_saves_and_exits_cleanly(tmp_path):
+    out = tmp_path / "run"
+    proc = subprocess.Popen([sys.executable, "-m", "reslab", "train", "--model", "resnet20", "--data", "digits",
+                             "--epochs", "300", "--out", str(out), "--quiet"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while not (out / "metrics.jsonl").exists() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGINT)
+    stdout, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 130, stderr
+    assert "resume with --resume" in stdout and "Traceback" not in stderr
+    ckpt = load_checkpoint(out / "last.pt")
+    assert 0 < ckpt.progress["step"] < 300 * 13
