@@ -7,8 +7,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import warnings
+from pathlib import Path
 from typing import Sequence
 
 from . import __version__
@@ -121,13 +123,20 @@ def train_overrides(args: argparse.Namespace) -> dict:
 
 def cmd_train(args: argparse.Namespace) -> int | None:
     from .train.config import resolve
-    from .train.loop import fit, resume_run
+    from .train.loop import default_run_dir, elastic_restart, fit, resume_run
 
+    if args.nproc and args.nproc > 1 and "WORLD_SIZE" not in os.environ:
+        return launch_torchrun(args.nproc, args.raw_argv)
     if args.resume:
         result = resume_run(args.resume, quiet=args.quiet)
     else:
         config = resolve(args.recipe, args.config, train_overrides(args))
-        result = fit(config, quiet=args.quiet)
+        run_dir = Path(config.out) if config.out else default_run_dir(config)
+        if elastic_restart() and (run_dir / "last.pt").exists():
+            # torchrun restarted this worker after a failure: continue from the last checkpoint.
+            result = resume_run(run_dir, quiet=args.quiet)
+        else:
+            result = fit(config, quiet=args.quiet)
     if result.status == "diverged":
         raise_user_error(f"{result.message} ({result.run_dir})")
     if result.status == "interrupted":
@@ -238,6 +247,23 @@ def cmd_export(args: argparse.Namespace) -> None:
         print(f"max |logits difference| vs PyTorch on {source}: {result.max_abs_diff:.3g} ({result.checked_with})")
 
 
+def launch_torchrun(nproc: int, argv: list[str]) -> int:
+    """``reslab train --nproc N ...`` = ``torchrun --standalone --nproc_per_node N -m reslab train ...``."""
+    import subprocess
+
+    rest, skip = [], False
+    for arg in argv:
+        if skip:
+            skip = False
+        elif arg == "--nproc":
+            skip = True
+        elif not arg.startswith("--nproc="):
+            rest.append(arg)
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
+               "-m", "reslab", *rest]
+    return subprocess.call(command)
+
+
 def raise_user_error(message: str) -> None:
     from .errors import ReslabError
 
@@ -274,6 +300,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--deterministic", action="store_true", help="deterministic algorithms only")
     p.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run")
     p.add_argument("--quiet", action="store_true", help="no progress output (for logs)")
+    p.add_argument("--nproc", type=int, help="processes on this machine (starts torchrun; see README)")
     p.set_defaults(func=cmd_train)
 
     p = verbs.add_parser("eval", help="top-1/top-5 error, per-class accuracy, confusion matrix")
@@ -302,7 +329,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    raw_argv = list(sys.argv[1:] if argv is None else argv)
+    args = parser.parse_args(raw_argv)
+    args.raw_argv = raw_argv
     try:
         status = args.func(args)
     except ReslabError as exc:

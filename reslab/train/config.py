@@ -44,6 +44,9 @@ class TrainConfig:
     no_decay_bn_bias: bool = False  # exempt BN parameters and biases from weight decay
     label_smoothing: float = 0.0
     batch_size: int = 128  # global batch (all processes together)
+    # Split each process's batch into this many micro-batches, summing their gradients (same update,
+    # less memory; BN sees each micro-batch alone, as it sees each process's slice under DDP).
+    accumulation: int = 1
     iterations: int | None = 64_000  # total optimizer steps; wins over epochs when both are set
     epochs: float | None = None
     schedule: str = "multistep"
@@ -77,6 +80,10 @@ class TrainConfig:
         need(self.optimizer in OPTIMIZERS, f"optimizer must be one of {', '.join(OPTIMIZERS)}, got {self.optimizer!r}")
         need(self.device in DEVICES, f"device must be one of {', '.join(DEVICES)}, got {self.device!r}")
         need(isinstance(self.batch_size, int) and self.batch_size > 0, f"batch_size must be a positive integer, got {self.batch_size!r}")
+        need(isinstance(self.accumulation, int) and self.accumulation >= 1,
+             f"accumulation must be a positive integer, got {self.accumulation!r}")
+        need(self.batch_size % self.accumulation == 0,
+             f"batch_size {self.batch_size} is not divisible into {self.accumulation} micro-batches")
         need(self.lr > 0, f"lr must be positive, got {self.lr}")
         need(self.weight_decay >= 0, f"weight_decay must be >= 0, got {self.weight_decay}")
         need(0 <= self.label_smoothing < 1, f"label_smoothing must be in [0, 1), got {self.label_smoothing}")

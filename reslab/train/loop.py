@@ -9,8 +9,10 @@ interrupted-then-resumed run reproduces the uninterrupted one exactly.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
+import os
 import signal
 import time
 from collections import deque
@@ -29,6 +31,7 @@ from ..errors import ConfigError, CheckpointError
 from ..fileio import atomic_write_text
 from ..models.registry import resolve_spec
 from ..models.resnet import NetSpec, ResNet
+from . import distributed
 from .checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from .config import TrainConfig
 from .evaluate import evaluate
@@ -120,7 +123,14 @@ def make_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimiz
 def default_run_dir(config: TrainConfig) -> Path:
     data = Path(config.data).name or "data"
     model = Path(config.model).stem
-    return Path("runs") / f"{model}-{data}-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
+    # Under torchrun every process (and every restart) must agree on the folder: use the run id.
+    suffix = os.environ.get("TORCHELASTIC_RUN_ID") or datetime.now().strftime("%Y%m%d-%H%M%S")
+    return Path("runs") / f"{model}-{data}-{suffix}"
+
+
+def elastic_restart() -> bool:
+    """True in a worker that torchrun restarted after a failure (it should resume)."""
+    return int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")) > 0
 
 
 class _StopFlag:
@@ -149,9 +159,22 @@ class _StopFlag:
 
 def fit(config: TrainConfig, *, resume: bool = False, quiet: bool = False,
         should_stop: Callable[[int], bool] | None = None) -> RunResult:
-    """Train per ``config`` into ``config.out``; with ``resume`` continue the run found there."""
+    """Train per ``config`` into ``config.out``; with ``resume`` continue the run found there.
+
+    Under torchrun every process calls this; rank 0 alone writes files and prints."""
     config.validate()
     device = select_device(config.device)
+    ctx = distributed.setup(device.type)
+    try:
+        return _fit(config, device, ctx, resume, quiet, should_stop)
+    finally:
+        distributed.teardown(ctx)
+
+
+def _fit(config: TrainConfig, device: torch.device, ctx: distributed.DistContext, resume: bool, quiet: bool,
+         should_stop: Callable[[int], bool] | None) -> RunResult:
+    if device.type == "cuda" and ctx.enabled:
+        device = torch.device("cuda", ctx.local_rank)
     if config.threads:
         torch.set_num_threads(config.threads)
     if config.deterministic:
@@ -159,7 +182,11 @@ def fit(config: TrainConfig, *, resume: bool = False, quiet: bool = False,
         torch.backends.cudnn.benchmark = False
     elif device.type == "cuda":
         torch.backends.cudnn.benchmark = True
+    if config.batch_size % (ctx.world_size * config.accumulation):
+        raise ConfigError(f"batch_size {config.batch_size} does not split into {ctx.world_size} processes x "
+                          f"{config.accumulation} micro-batches")
     run_dir = Path(config.out) if config.out else default_run_dir(config)
+    quiet = quiet or not ctx.is_main
     log = Progress(0, quiet)
 
     # ---- data ------------------------------------------------------------------------------
@@ -168,8 +195,10 @@ def fit(config: TrainConfig, *, resume: bool = False, quiet: bool = False,
     checkpoint = load_checkpoint(run_dir / "last.pt") if resume else None
     normalizer = checkpoint.normalizer if checkpoint else Normalizer.fit(train_data.images, config.normalize)
     augment = None if config.augment else AugmentDefaults(pad=0, flip=False)
-    loader = TrainLoader(train_data, config.batch_size, normalizer, augment=augment, seed=config.seed, device=device)
-    eval_loader = EvalLoader(eval_data, config.eval_batch_size, normalizer, device=device) if eval_data else None
+    loader = TrainLoader(train_data, config.batch_size, normalizer, augment=augment, seed=config.seed,
+                         device=device, rank=ctx.rank, world_size=ctx.world_size)
+    eval_loader = (EvalLoader(eval_data, config.eval_batch_size, normalizer, device=device, rank=ctx.rank,
+                              world_size=ctx.world_size) if eval_data else None)
 
     # ---- model, optimizer, schedule --------------------------------------------------------
     torch.manual_seed(config.seed)
@@ -187,98 +216,129 @@ def fit(config: TrainConfig, *, resume: bool = False, quiet: bool = False,
     optimizer = make_optimizer(model, config)
     if checkpoint and checkpoint.optimizer_state:
         optimizer.load_state_dict(checkpoint.optimizer_state)
-    forward = torch.compile(model) if config.compile else model
+    train_module = distributed.wrap(model, ctx, device, config.sync_bn)
+    forward = torch.compile(train_module) if config.compile else train_module
     use_amp = config.amp and device.type == "cuda"
     total_steps = config.iterations or math.ceil(config.epochs * len(loader))
     schedule = schedule_for(config, total_steps)
 
     state_now = Progression(**checkpoint.progress) if checkpoint else Progression(
         warming_up=config.warmup_until_error is not None)
+    if checkpoint is not None and not ctx.is_main:
+        # Saved partial-epoch sums are global; count them once (on rank 0).
+        state_now.loss_sum, state_now.correct, state_now.seen = 0.0, 0, 0
     if checkpoint is not None and checkpoint.rng_state is not None:
         torch.set_rng_state(checkpoint.rng_state)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    if not resume:
-        atomic_write_text(config.dump(), run_dir / "config.yaml")
+    if ctx.is_main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        if not resume:
+            atomic_write_text(config.dump(), run_dir / "config.yaml")
+        atomic_write_text(json.dumps({"processes": ctx.world_size, "device": str(device),
+                                      "global_batch": config.batch_size,
+                                      "per_process_batch": config.batch_size // ctx.world_size,
+                                      "accumulation": config.accumulation, "lr": config.lr,
+                                      "torch": torch.__version__}, indent=2) + "\n", run_dir / "run.json")
     log.line(f"run {run_dir}: {spec.name} on {train_data.name} ({len(train_data):,} images), "
              f"{total_steps:,} steps of batch {config.batch_size} on {device}"
+             + (f" x {ctx.world_size} processes" if ctx.enabled else "")
              + (f", resuming at step {state_now.step}" if checkpoint else ""))
 
-    def make_checkpoint() -> Checkpoint:
-        return Checkpoint(spec=spec, classes=train_data.classes, normalizer=normalizer,
+    def save(names: list[str]) -> None:
+        if not ctx.is_main:
+            return
+        ckpt = Checkpoint(spec=spec, classes=train_data.classes, normalizer=normalizer,
                           input_size=train_data.image_size, model_state=model.state_dict(),
                           optimizer_state=optimizer.state_dict(), progress=state_now.__dict__.copy(),
                           config=config.to_dict(), rng_state=torch.get_rng_state())
+        for name in names:
+            save_checkpoint(ckpt, run_dir / name)
 
-    criterion_smoothing = config.label_smoothing
+    micro = config.accumulation
     progress = Progress(total_steps, quiet)
-    tensorboard = TensorBoard(run_dir)
+    tensorboard = TensorBoard(run_dir, enabled=ctx.is_main)
     warm_window: deque[float] = deque(maxlen=WARMUP_WINDOW)
     status, message = "finished", ""
     session_start = time.monotonic()
     wall_at_start = state_now.wall_time_s
+    lr = schedule(state_now.step, state_now.warming_up)
+
+    def stop_now(local_request: bool) -> bool:
+        # Under DDP every process must stop at the same step: agree at sync points only.
+        if ctx.enabled:
+            return state_now.step % SYNC_EVERY == 0 and distributed.any_true(local_request, ctx, device)
+        return local_request
 
     with _StopFlag() as stop:
         while state_now.step < total_steps:
             loss_sum = torch.tensor(state_now.loss_sum, dtype=torch.float64, device=device)
             correct = torch.tensor(state_now.correct, dtype=torch.int64, device=device)
-            seen = state_now.seen
+            seen = torch.tensor(state_now.seen, dtype=torch.int64, device=device)
             epoch_started = time.monotonic() - state_now.train_time_s
             model.train()
             for x, y in loader.epoch(state_now.epoch, state_now.batch):
                 lr = schedule(state_now.step, state_now.warming_up)
                 for group in optimizer.param_groups:
                     group["lr"] = lr
-                with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
-                    logits = forward(x)
-                    loss = F.cross_entropy(logits.float(), y, label_smoothing=criterion_smoothing)
                 optimizer.zero_grad(set_to_none=True)
-                loss.backward()
+                wrong = torch.zeros((), dtype=torch.int64, device=device)
+                for i in range(micro):
+                    xs, ys = (x, y) if micro == 1 else (x[i::micro], y[i::micro])
+                    sync = contextlib.nullcontext() if (i == micro - 1 or not ctx.enabled) else train_module.no_sync()
+                    with sync:
+                        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
+                            logits = forward(xs)
+                            loss = F.cross_entropy(logits.float(), ys, label_smoothing=config.label_smoothing)
+                        (loss / micro if micro > 1 else loss).backward()
+                    wrong += (logits.argmax(1) != ys).sum()
+                    loss_sum += loss.detach().double() * ys.numel()
                 optimizer.step()
-                wrong = logits.argmax(1) != y
-                loss_sum += loss.detach().double() * y.numel()
-                correct += y.numel() - wrong.sum()
+                correct += y.numel() - wrong
                 seen += y.numel()
                 state_now.step += 1
                 state_now.batch += 1
                 if state_now.warming_up:
-                    warm_window.append(wrong.float().mean().item())
+                    warm_window.append(float(wrong) / y.numel())
                     if len(warm_window) == WARMUP_WINDOW and sum(warm_window) / WARMUP_WINDOW < config.warmup_until_error:
                         state_now.warming_up = False
                         log.line(f"warm-up over at step {state_now.step}: training error below "
                                  f"{config.warmup_until_error:.0%}, lr back to {config.lr}")
                 if state_now.step % SYNC_EVERY == 0:
                     value = loss.item()
-                    if not math.isfinite(value):
-                        status, message = "diverged", f"loss became {value} at step {state_now.step}"
+                    if stop_now(not math.isfinite(value)):
+                        status, message = "diverged", f"loss became non-finite by step {state_now.step}"
                         break
                     elapsed = time.monotonic() - epoch_started
-                    progress.update(state_now.step, state_now.epoch + 1, seen / max(elapsed, 1e-9), value, lr)
-                interrupted = stop.requested or (should_stop is not None and should_stop(state_now.step))
-                if state_now.step >= total_steps or interrupted:
+                    progress.update(state_now.step, state_now.epoch + 1,
+                                    int(seen) * ctx.world_size / max(elapsed, 1e-9), value, lr)
+                requested = stop.requested or (should_stop is not None and should_stop(state_now.step))
+                if state_now.step >= total_steps or stop_now(requested):
                     break
             if status == "diverged":
                 break
             train_time = time.monotonic() - epoch_started
+            distributed.all_sum([loss_sum, correct, seen], ctx)
             epoch_done = state_now.batch >= len(loader) or state_now.step >= total_steps
             if not epoch_done:  # interrupted mid-epoch: keep the partial sums in the checkpoint
-                state_now.loss_sum, state_now.correct, state_now.seen = float(loss_sum), int(correct), seen
+                state_now.loss_sum, state_now.correct, state_now.seen = float(loss_sum), int(correct), int(seen)
                 state_now.train_time_s = train_time
                 state_now.wall_time_s = wall_at_start + time.monotonic() - session_start
-                save_checkpoint(make_checkpoint(), run_dir / "last.pt")
+                save(["last.pt"])
                 status, message = "interrupted", f"stopped at step {state_now.step}; resume with --resume {run_dir}"
                 break
-            train_loss = float(loss_sum) / max(1, seen)
+            train_loss = float(loss_sum) / max(1, int(seen))
             if not math.isfinite(train_loss):
                 status, message = "diverged", f"training loss became {train_loss} in epoch {state_now.epoch + 1}"
                 break
             row: dict[str, Any] = {
                 "epoch": state_now.epoch + 1, "step": state_now.step, "lr": lr, "train_loss": train_loss,
-                "train_error": 1.0 - int(correct) / max(1, seen), "images_per_s": seen / max(train_time, 1e-9),
-                "epoch_time_s": train_time,
+                "train_error": 1.0 - int(correct) / max(1, int(seen)),
+                "images_per_s": int(seen) / max(train_time, 1e-9), "epoch_time_s": train_time,
             }
             final = state_now.step >= total_steps
             if eval_loader is not None and ((state_now.epoch + 1) % config.eval_every == 0 or final):
+                distributed.broadcast_buffers(model, ctx)
                 result = evaluate(model, eval_loader, spec.num_classes, autocast=use_amp)
+                distributed.all_sum(result.tensors(), ctx)
                 row.update(eval_loss=result.loss, eval_error=result.error, eval_top5_error=result.top5_error)
             state_now.wall_time_s = wall_at_start + time.monotonic() - session_start
             row["wall_time_s"] = state_now.wall_time_s
@@ -289,25 +349,23 @@ def fit(config: TrainConfig, *, resume: bool = False, quiet: bool = False,
             improved = "eval_error" in row and (state_now.best_error is None or row["eval_error"] < state_now.best_error)
             if improved:
                 state_now.best_error = row["eval_error"]
-            ckpt = make_checkpoint()
-            save_checkpoint(ckpt, run_dir / "last.pt")
-            if improved or (eval_loader is None and final):
-                save_checkpoint(ckpt, run_dir / "best.pt")
-            write_history(state_now.history, run_dir)
-            tensorboard.log(row)
+            save(["last.pt", "best.pt"] if improved or (eval_loader is None and final) else ["last.pt"])
+            if ctx.is_main:
+                write_history(state_now.history, run_dir)
+                tensorboard.log(row)
             progress.line(_epoch_line(row, total_steps))
-            if stop.requested or (should_stop is not None and should_stop(state_now.step)):
-                if state_now.step < total_steps:
-                    status, message = "interrupted", f"stopped at step {state_now.step}; resume with --resume {run_dir}"
-                    break
+            if not final and stop_now(stop.requested or (should_stop is not None and should_stop(state_now.step))):
+                status, message = "interrupted", f"stopped at step {state_now.step}; resume with --resume {run_dir}"
+                break
     tensorboard.close()
     if status == "diverged":
         message += "; the run stopped and its last good checkpoint is kept"
         log.line(f"error: {message}")
     elif status == "interrupted":
         log.line(message)
-    else:
+    elif ctx.is_main:
         finish(run_dir, spec, state_now, config)
+    distributed.barrier(ctx)
     return RunResult(run_dir, status, state_now.history, state_now.best_error, message)
 
 
