@@ -1,0 +1,45 @@
+"""Fast inference: fold each BN into the conv before it, channels_last, no autograd.
+
+In eval mode BN is an affine map per channel, ``y = (x - mean) / sqrt(var + eps) * gamma + beta``,
+so ``BN(conv(x))`` is one conv with scaled weights and a bias. Folding removes every BN pass (about
+a fifth of ResNet-20's CPU inference time, see docs/performance.md) and changes outputs only by
+float rounding (tested to 1e-5).
+"""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+from torch import nn
+
+# (conv, bn) attribute pairs in reslab's modules: blocks, stem and projection shortcuts.
+_PAIRS = (("conv1", "bn1"), ("conv2", "bn2"), ("conv3", "bn3"), ("conv", "bn"))
+
+
+@torch.no_grad()
+def fold_conv_bn(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> nn.Conv2d:
+    scale = bn.weight / torch.sqrt(bn.running_var + bn.eps)
+    folded = nn.Conv2d(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding,
+                       conv.dilation, conv.groups, bias=True, device=conv.weight.device)
+    folded.weight.copy_(conv.weight * scale.view(-1, 1, 1, 1))
+    conv_bias = conv.bias if conv.bias is not None else torch.zeros_like(bn.running_mean)
+    folded.bias.copy_((conv_bias - bn.running_mean) * scale + bn.bias)
+    return folded
+
+
+def fold_batchnorm(model: nn.Module) -> nn.Module:
+    """A copy of ``model`` (in eval mode) with every conv->BN pair merged into one conv."""
+    model = copy.deepcopy(model).eval()
+    for module in model.modules():
+        for conv_name, bn_name in _PAIRS:
+            conv, bn = getattr(module, conv_name, None), getattr(module, bn_name, None)
+            if isinstance(conv, nn.Conv2d) and isinstance(bn, nn.BatchNorm2d):
+                setattr(module, conv_name, fold_conv_bn(conv, bn))
+                setattr(module, bn_name, nn.Identity())
+    return model
+
+
+def optimize_for_inference(model: nn.Module) -> nn.Module:
+    """BN folded, channels_last weights, eval mode. Call it under ``torch.inference_mode()``."""
+    return fold_batchnorm(model).to(memory_format=torch.channels_last)
