@@ -27,7 +27,7 @@ from common import cifar_or_synthetic, machine, write_json  # noqa: E402
 
 import reslab  # noqa: E402
 from reslab.data import Normalizer, TrainLoader  # noqa: E402
-from reslab.inference import optimize_for_inference  # noqa: E402
+from reslab.inference import frozen_for_inference, optimize_for_inference  # noqa: E402
 from reslab.summary import summarize  # noqa: E402
 
 
@@ -118,7 +118,8 @@ def inference_case(name: str, depth_model: Callable, ours_model, batch: int, siz
                    iters: int, label: str) -> dict:
     x = torch.randn(batch, 3, size, size)
     base = depth_model().eval()
-    fast = optimize_for_inference(ours_model.eval())
+    eager = optimize_for_inference(ours_model.eval())
+    frozen = frozen_for_inference(ours_model.eval(), x)
     x_cl = x.contiguous(memory_format=torch.channels_last)
 
     def run_baseline() -> None:
@@ -126,13 +127,19 @@ def inference_case(name: str, depth_model: Callable, ours_model, batch: int, siz
             for _ in range(iters):
                 base(x)
 
-    def run_reslab() -> None:
+    def run_frozen() -> None:
         with torch.inference_mode():
             for _ in range(iters):
-                fast(x_cl)
+                frozen(x_cl)
 
-    pair = {"baseline": run_baseline, "reslab": run_reslab}
-    onnx = _onnx_runner(fast, x, iters)
+    def run_eager() -> None:
+        with torch.inference_mode():
+            for _ in range(iters):
+                eager(x_cl)
+
+    # reslab: frozen TorchScript (BN folded, oneDNN); also its eager BN-folded path and ONNX Runtime.
+    pair = {"baseline": run_baseline, "reslab": run_frozen, "reslab_eager_folded": run_eager}
+    onnx = _onnx_runner(eager, x, iters)
     if onnx is not None:
         pair["reslab_onnxruntime"] = onnx
     result = alternate(pair, repeats)

@@ -206,12 +206,25 @@ def cmd_eval(args: argparse.Namespace) -> None:
         print(f"\nwrote {args.confusion_png}")
 
 
+def _is_checkpoint(arg: str) -> bool:
+    path = Path(arg)
+    return path.suffix in (".pt", ".pth") or (path.is_dir() and ((path / "best.pt").exists() or (path / "last.pt").exists()))
+
+
 def cmd_predict(args: argparse.Namespace) -> None:
+    from .models.pretrained import pretrained_checkpoint
     from .predict import predict
     from .train.checkpoint import load_checkpoint
 
-    checkpoint = load_checkpoint(args.checkpoint)
-    predictions = predict(checkpoint, args.images, top_k=args.top_k)
+    # `predict IMAGE...` uses the bundled model; `predict CHECKPOINT IMAGE...` a trained one.
+    paths = list(args.paths)
+    if paths and _is_checkpoint(paths[0]) and (args.model is None):
+        checkpoint = load_checkpoint(paths.pop(0))
+    else:
+        checkpoint = pretrained_checkpoint(args.model or "resnet20")
+    if not paths:
+        raise_user_error("no images given")
+    predictions = predict(checkpoint, paths, top_k=args.top_k)
     if args.json:
         print(json.dumps([p.to_dict() for p in predictions], indent=2))
         return
@@ -312,9 +325,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_eval)
 
-    p = verbs.add_parser("predict", help="classify image files (or folders of them)")
-    p.add_argument("checkpoint", help="a .pt checkpoint or a run folder")
-    p.add_argument("images", nargs="+", help="image files or folders")
+    p = verbs.add_parser("predict", help="classify image files (or folders of them)",
+                         description="reslab predict [CHECKPOINT] IMAGE...: without a checkpoint, the bundled "
+                                     "CIFAR-10 ResNet-20 (or --model NAME) classifies the images.")
+    p.add_argument("paths", nargs="+", metavar="[CHECKPOINT] IMAGE", help="a checkpoint or run folder, then images or folders")
+    p.add_argument("--model", help="a bundled model instead of a checkpoint (see `reslab models`)")
     p.add_argument("--top-k", type=int, default=3)
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_predict)

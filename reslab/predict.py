@@ -13,6 +13,7 @@ from PIL import Image, UnidentifiedImageError
 from .data.augment import preprocess_eval
 from .data.folder import IMAGE_SUFFIXES, decode_image
 from .errors import DataError
+from .inference import optimize_for_inference
 from .train.checkpoint import Checkpoint
 
 
@@ -57,7 +58,7 @@ def load_images(paths: Sequence[Path], channels: int, size: int) -> torch.Tensor
 def predict(checkpoint: Checkpoint, paths: Sequence[str | Path], top_k: int = 3,
             batch_size: int = 256) -> list[Prediction]:
     files = expand_paths(paths)
-    model = checkpoint.build_model()
+    model = optimize_for_inference(checkpoint.build_model())
     k = max(1, min(top_k, len(checkpoint.classes)))
     results = []
     for start in range(0, len(files), batch_size):

@@ -1,0 +1,68 @@
+"""The optimised inference path gives the plain path's outputs."""
+
+import torch
+from torch import nn
+
+import reslab
+from reslab.inference import fold_batchnorm, optimize_for_inference
+
+
+def trained_like(name, **kw):
+    """A model whose BN layers hold non-trivial statistics, as after training."""
+    model = reslab.create_model(name, **kw)
+    g = torch.Generator().manual_seed(0)
+    for m in model.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            m.running_mean.copy_(torch.randn(m.num_features, generator=g) * 0.1)
+            m.running_var.copy_(torch.rand(m.num_features, generator=g) + 0.5)
+            m.weight.data.copy_(torch.rand(m.num_features, generator=g) * 0.5 + 0.25)
+            m.bias.data.copy_(torch.randn(m.num_features, generator=g) * 0.1)
+    return model.eval()
+
+
+def test_folding_removes_every_bn_and_keeps_outputs():
+    for name, kw, size in (("resnet20", {}, 32), ("resnet20", {"shortcut": "C"}, 32), ("resnet50", {}, 64)):
+        model = trained_like(name, **kw)
+        folded = fold_batchnorm(model)
+        assert not any(isinstance(m, nn.BatchNorm2d) for m in folded.modules())
+        x = torch.randn(4, 3, size, size)
+        with torch.inference_mode():
+            ref, out = model(x), folded(x)
+        torch.testing.assert_close(out, ref, rtol=1e-4, atol=1e-4 * ref.abs().max().item())
+    # The original is untouched.
+    assert any(isinstance(m, nn.BatchNorm2d) for m in model.modules())
+
+
+def test_channels_last_inference_matches():
+    model = trained_like("resnet56")
+    fast = optimize_for_inference(model)
+    x = torch.randn(3, 3, 32, 32)
+    with torch.inference_mode():
+        ref = model(x)
+        out = fast(x.contiguous(memory_format=torch.channels_last))
+    torch.testing.assert_close(out, ref, rtol=1e-4, atol=1e-4 * ref.abs().max().item())
+
+
+def test_channels_last_training_step_matches_contiguous():
+    torch.manual_seed(0)
+    a = reslab.create_model("resnet20")
+    b = reslab.create_model("resnet20")
+    b.load_state_dict(a.state_dict())
+    b = b.to(memory_format=torch.channels_last)
+    x, y = torch.randn(8, 3, 32, 32), torch.randint(0, 10, (8,))
+    for model, inp in ((a, x), (b, x.contiguous(memory_format=torch.channels_last))):
+        nn.functional.cross_entropy(model(inp), y).backward()
+    for (name, pa), (_, pb) in zip(a.named_parameters(), b.named_parameters()):
+        torch.testing.assert_close(pa.grad, pb.grad, rtol=1e-3, atol=1e-5, msg=name)
+
+
+def test_frozen_torchscript_matches_for_any_batch_and_size():
+    from reslab.inference import frozen_for_inference
+
+    model = trained_like("resnet20")
+    frozen = frozen_for_inference(model, torch.randn(1, 3, 32, 32))
+    for batch, size in ((1, 32), (5, 32), (2, 40)):
+        x = torch.randn(batch, 3, size, size)
+        with torch.inference_mode():
+            ref, out = model(x), frozen(x)
+        torch.testing.assert_close(out, ref, rtol=1e-4, atol=1e-5)
