@@ -277,6 +277,87 @@ def launch_torchrun(nproc: int, argv: list[str]) -> int:
     return subprocess.call(command)
 
 
+def _ints(text: str) -> list[int]:
+    from .errors import ConfigError
+
+    try:
+        return [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise ConfigError(f"expected comma-separated integers, got {text!r}") from None
+
+
+def cmd_experiment(args: argparse.Namespace) -> None:
+    from .analysis import experiments
+    from .train.config import parse_overrides
+
+    out = Path(args.out or f"runs/experiment-{args.name}")
+    settings = experiments.ExperimentSettings(out=out, data=args.data, data_root=args.data_root, budget=args.budget,
+                                              recipe=args.recipe, eval_split=args.eval_split, jobs=args.jobs,
+                                              extra=parse_overrides(args.set or []), quiet=args.quiet)
+    if args.name == "degradation":
+        report = experiments.degradation(settings, _ints(args.depths or "20,32,44,56"), seed=args.seed)
+    elif args.name == "table6":
+        report = experiments.table6(settings, _ints(args.depths or "20,32,44,56"), seeds=args.seeds)
+    else:
+        report = experiments.shortcuts(settings, args.depth, seed=args.seed)
+    print(report.read_text())
+    print(f"wrote {report.parent}")
+
+
+def cmd_analyze(args: argparse.Namespace) -> None:
+    from .analysis.plots import response_figure
+    from .analysis.responses import layer_responses
+    from .data import EvalLoader
+    from .fileio import atomic_write_text
+    from .train.checkpoint import load_checkpoint
+
+    out = Path(args.out or "runs/responses")
+    out.mkdir(parents=True, exist_ok=True)
+    results = {}
+    for path in args.checkpoints:
+        checkpoint = load_checkpoint(path)
+        arrays = _checkpoint_data(checkpoint, args.data, args.data_root, args.split)
+        label = checkpoint.spec.name if checkpoint.spec.name not in results else f"{checkpoint.spec.name} ({path})"
+        results[label] = layer_responses(checkpoint.build_model(), EvalLoader(arrays, 500, checkpoint.normalizer))
+    lines = ["model,layer,name,std"] + [f"{m},{r.index},{r.name},{r.std:.6g}" for m, rs in results.items() for r in rs]
+    atomic_write_text("\n".join(lines) + "\n", out / "responses.csv")
+    response_figure(results, out / "responses.png")
+    for model, rs in results.items():
+        print(f"{model}: {len(rs)} layers, mean std {sum(r.std for r in rs) / len(rs):.4f}, "
+              f"max {max(r.std for r in rs):.4f}")
+    print(f"wrote {out / 'responses.csv'} and {out / 'responses.png'}")
+
+
+def cmd_deepen(args: argparse.Namespace) -> None:
+    import torch
+
+    from .analysis.deepen import deepen, max_output_difference
+    from .data import EvalLoader
+    from .train.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
+
+    source = load_checkpoint(args.checkpoint)
+    model = source.build_model()
+    stages = [s - 1 for s in _ints(args.where)] if args.where else None
+    result = deepen(model, args.add, stages)
+    arrays = _checkpoint_data(source, args.data, args.data_root, "val")
+    sample = arrays.subset(torch.arange(min(len(arrays), 1000)), arrays.name)  # real images, a bounded number
+    batches = list(EvalLoader(sample, 250, source.normalizer))
+    diffs = {mode: max_output_difference(model, result.model, batches, train_mode=mode == "train")
+             for mode in ("eval", "train")}
+    out = Path(args.out or source.path.parent / f"deepened-{result.spec.name}.pt")
+    config = dict(source.config)
+    save_checkpoint(Checkpoint(spec=result.spec, classes=source.classes, normalizer=source.normalizer,
+                               input_size=source.input_size, model_state=result.model.state_dict(),
+                               config=config, progress={"deepened_from": str(source.path)}), out)
+    added = ", ".join(f"stage {s + 1}: +{n}" for s, n in result.added.items() if n)
+    print(f"{source.spec.name} (depth {source.spec.depth}) -> {result.spec.name} (depth {result.spec.depth}); {added}")
+    print(f"max |logit difference| on {len(sample)} {arrays.name} images: "
+          f"eval mode {diffs['eval']:.3g}, train mode {diffs['train']:.3g}")
+    if not source.spec.residual:
+        print("plain network: the inserted layers pass the signal only in eval mode (train-mode BN renormalises)")
+    print(f"wrote {out}; continue training with: reslab train --init-from {out} --data {config.get('data')}")
+
+
 def raise_user_error(message: str) -> None:
     from .errors import ReslabError
 
@@ -339,6 +420,41 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--format", choices=["onnx", "torchscript"], default="onnx")
     p.add_argument("--out", help="output file")
     p.set_defaults(func=cmd_export)
+
+    p = verbs.add_parser("experiment", help="the paper's experiments: degradation, table6, shortcuts")
+    p.add_argument("name", choices=["degradation", "table6", "shortcuts"])
+    p.add_argument("--depths", help="comma-separated depths (default 20,32,44,56)")
+    p.add_argument("--depth", type=int, default=20, help="shortcuts: the depth")
+    p.add_argument("--seeds", type=int, default=3, help="table6: seeds per depth")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--budget", type=float, default=1.0, help="fraction of the paper's 64k iterations")
+    p.add_argument("--recipe", default="paper")
+    p.add_argument("--data", default="cifar10")
+    p.add_argument("--data-root")
+    p.add_argument("--eval-split", default="val")
+    p.add_argument("--jobs", type=int, default=1, help="members trained in parallel processes")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="any training setting for every member")
+    p.add_argument("--out", help="experiment folder (default runs/experiment-NAME); rerun to resume")
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=cmd_experiment)
+
+    p = verbs.add_parser("analyze", help="analyses of trained models (responses: paper Fig. 7)")
+    p.add_argument("what", choices=["responses"])
+    p.add_argument("checkpoints", nargs="+")
+    p.add_argument("--data")
+    p.add_argument("--data-root")
+    p.add_argument("--split", default="val", choices=["train", "val", "trainval", "test"])
+    p.add_argument("--out", help="output folder (default runs/responses)")
+    p.set_defaults(func=cmd_analyze)
+
+    p = verbs.add_parser("deepen", help="add identity blocks to a trained ResNet (the constructed solution)")
+    p.add_argument("checkpoint")
+    p.add_argument("--add", type=int, required=True, help="blocks to insert")
+    p.add_argument("--where", help="comma-separated stages (1-based) to append to, round-robin (default all)")
+    p.add_argument("--data")
+    p.add_argument("--data-root")
+    p.add_argument("--out", help="output checkpoint")
+    p.set_defaults(func=cmd_deepen)
     return parser
 
 

@@ -1,0 +1,251 @@
+"""Experiments made of several training runs ("members") with the identical recipe and data order.
+
+- degradation: plain and residual nets of each depth (paper Fig. 1 and Fig. 6)
+- table6: residual nets of each depth over several seeds (paper Table 6)
+- shortcuts: options A, B, C and plain at one depth (paper Sec. 3.3 / Table 3, on CIFAR)
+
+Each member trains into ``<experiment>/members/<name>/``. Running the experiment again skips members
+that finished and resumes those that were interrupted. With ``jobs > 1`` members run as parallel
+processes, each with ``threads / jobs`` CPU threads.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import statistics
+import subprocess
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+
+from ..errors import ConfigError
+from ..fileio import atomic_write_text
+from ..models.registry import PAPER_ERRORS
+from ..plots import error_curve_panels, error_curves
+from ..tables import format_table
+from ..train.config import resolve
+from ..train.history import read_history
+from ..train.loop import fit, resume_run
+
+PAPER_ITERATIONS, PAPER_MILESTONES = 64_000, (32_000, 48_000)
+
+
+@dataclass(frozen=True)
+class Member:
+    name: str
+    group: str  # panel / row group: "plain", "resnet", "A", ...
+    depth: int
+    seed: int
+    overrides: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class ExperimentSettings:
+    out: Path
+    data: str = "cifar10"
+    data_root: str | None = None
+    budget: float = 1.0  # fraction of the paper's 64k iterations (milestones scale with it)
+    recipe: str = "paper"
+    eval_split: str = "val"
+    jobs: int = 1
+    extra: dict[str, Any] = field(default_factory=dict)  # any TrainConfig overrides
+    quiet: bool = True
+
+    def overrides(self) -> dict[str, Any]:
+        if not 0 < self.budget <= 1:
+            raise ConfigError(f"--budget must be in (0, 1], got {self.budget}")
+        values: dict[str, Any] = {"data": self.data, "eval_split": self.eval_split}
+        if self.data_root:
+            values["data_root"] = self.data_root
+        if self.recipe == "paper":
+            iterations = max(1, round(PAPER_ITERATIONS * self.budget))
+            values.update(iterations=iterations, epochs=None,
+                          milestones=[max(1, round(m * self.budget)) for m in PAPER_MILESTONES])
+        return {**values, **self.extra}
+
+
+def _model(kind: str, depth: int, **options: Any) -> dict[str, Any]:
+    """Overrides naming a CIFAR-family net of any 6n+2 depth ("resnet"/"plain" families)."""
+    return {"model": kind, "model_options": {"depth": depth, **options}}
+
+
+def _member_dir(settings: ExperimentSettings, member: Member) -> Path:
+    return settings.out / "members" / member.name
+
+
+def _member_config(settings: ExperimentSettings, member: Member):
+    values = {**settings.overrides(), "seed": member.seed, **member.overrides,
+              "out": str(_member_dir(settings, member))}
+    if settings.jobs > 1:
+        values["threads"] = max(1, (os.cpu_count() or 1) // settings.jobs)
+    return resolve(settings.recipe, overrides=values)
+
+
+def _status(run_dir: Path) -> str:
+    if (run_dir / "summary.json").exists():
+        return "done"
+    if (run_dir / "last.pt").exists():
+        return "resume"
+    return "new"
+
+
+def run_members(settings: ExperimentSettings, members: list[Member]) -> dict[str, list[dict[str, Any]]]:
+    """Train every member that is not finished; return each member's per-epoch history."""
+    settings.out.mkdir(parents=True, exist_ok=True)
+    configs = {m.name: _member_config(settings, m) for m in members}
+    pending = [m for m in members if _status(_member_dir(settings, m)) != "done"]
+    if settings.jobs <= 1:
+        for m in pending:
+            run_dir = _member_dir(settings, m)
+            if not settings.quiet:
+                print(f"[{m.name}] {'resuming' if _status(run_dir) == 'resume' else 'training'}", flush=True)
+            if _status(run_dir) == "resume":
+                result = resume_run(run_dir, quiet=settings.quiet)
+            else:
+                result = fit(configs[m.name], quiet=settings.quiet)
+            if result.status != "finished":
+                raise ConfigError(f"member {m.name} {result.status}: {result.message}")
+    else:
+        _run_parallel(settings, pending, configs)
+    return {m.name: read_history(_member_dir(settings, m)) for m in members}
+
+
+def _run_parallel(settings: ExperimentSettings, pending: list[Member], configs: dict) -> None:
+    running: list[tuple[Member, subprocess.Popen]] = []
+    queue = list(pending)
+    failures = []
+    while queue or running:
+        while queue and len(running) < settings.jobs:
+            m = queue.pop(0)
+            run_dir = _member_dir(settings, m)
+            if _status(run_dir) == "resume":
+                args = ["--resume", str(run_dir)]
+            else:
+                run_dir.mkdir(parents=True, exist_ok=True)
+                config_file = run_dir / "member.yaml"
+                atomic_write_text(configs[m.name].dump(), config_file)
+                args = ["--config", str(config_file)]
+            command = [sys.executable, "-m", "reslab", "train", *args, "--quiet"]
+            running.append((m, subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)))
+        m, proc = running.pop(0)
+        _, err = proc.communicate()
+        if proc.returncode != 0:
+            failures.append(f"{m.name}: {(err or '').strip().splitlines()[-1:] or ['failed']}")
+    if failures:
+        raise ConfigError("members failed: " + "; ".join(failures))
+
+
+def _final(history: list[dict[str, Any]], key: str) -> float | None:
+    values = [row[key] for row in history if row.get(key) is not None]
+    return values[-1] if values else None
+
+
+def _pct(value: float | None) -> str:
+    return "" if value is None else f"{100 * value:.2f}"
+
+
+def _budget_note(settings: ExperimentSettings) -> str:
+    o = settings.overrides()
+    if settings.recipe == "paper":
+        return (f"Schedule: the paper's (Sec. 4.2) at budget {settings.budget:g}: {o['iterations']:,} iterations, "
+                f"lr /10 at {o['milestones'][0]:,} and {o['milestones'][1]:,}"
+                + (" (REDUCED BUDGET: the paper trains 64,000 iterations)" if settings.budget < 1 else "")
+                + f". Data: {settings.data}, evaluated on its {settings.eval_split} split.")
+    return f"Recipe: {settings.recipe}. Data: {settings.data}, evaluated on its {settings.eval_split} split."
+
+
+def _write_results(settings: ExperimentSettings, name: str, rows: list[list[Any]], headers: list[str],
+                   histories: dict[str, list[dict[str, Any]]], figures: list[str], intro: str, extra: str = "") -> Path:
+    table = format_table(headers, rows, markdown=True)
+    report = [f"# {name}", "", intro, "", _budget_note(settings), "", table, ""]
+    report += [f"![{f}]({f})" for f in figures]
+    if extra:
+        report += ["", extra]
+    atomic_write_text("\n".join(report) + "\n", settings.out / "report.md")
+    atomic_write_text(table + "\n", settings.out / "table.md")
+    atomic_write_text(json.dumps({"experiment": name, "settings": {k: str(v) for k, v in settings.__dict__.items()},
+                                  "rows": rows, "headers": headers, "histories": histories}, indent=1) + "\n",
+                      settings.out / "results.json")
+    return settings.out / "report.md"
+
+
+def degradation(settings: ExperimentSettings, depths: list[int], seed: int = 0) -> Path:
+    members = [Member(f"{kind}{d}", kind, d, seed, _model(kind, d)) for kind in ("plain", "resnet") for d in depths]
+    histories = run_members(settings, members)
+    panels = [(title, {m.name: histories[m.name] for m in members if m.group == kind})
+              for kind, title in (("plain", "plain networks"), ("resnet", "ResNets"))]
+    error_curve_panels(panels, settings.out / "figure6.png")
+    figures = ["figure6.png"]
+    if "plain20" in histories and "plain56" in histories:
+        error_curves({"plain-20": histories["plain20"], "plain-56": histories["plain56"]},
+                     settings.out / "figure1.png", "plain-20 vs plain-56 (paper Fig. 1)")
+        figures.append("figure1.png")
+    rows = []
+    for d in depths:
+        p, r = histories[f"plain{d}"], histories[f"resnet{d}"]
+        paper = PAPER_ERRORS.get(f"resnet{d}", (None, None))[0]
+        rows.append([d, _pct(_final(p, "train_error")), _pct(_final(p, "eval_error")), _pct(_final(r, "train_error")),
+                     _pct(_final(r, "eval_error")), "" if paper is None else f"{paper:.2f}"])
+    verdict = _degradation_verdict(depths, histories)
+    return _write_results(settings, "Degradation: plain vs residual (paper Fig. 1, Fig. 6)", rows,
+                          ["depth", "plain train err %", "plain eval err %", "ResNet train err %", "ResNet eval err %",
+                           "paper ResNet test err %"], histories, figures,
+                          "Plain and residual networks of each depth, identical recipe, seed and data order.", verdict)
+
+
+def _degradation_verdict(depths: list[int], histories: dict[str, list[dict[str, Any]]]) -> str:
+    if len(depths) < 2:
+        return ""
+    shallow, deep = min(depths), max(depths)
+    pt = (_final(histories[f"plain{shallow}"], "train_error"), _final(histories[f"plain{deep}"], "train_error"))
+    rt = (_final(histories[f"resnet{shallow}"], "train_error"), _final(histories[f"resnet{deep}"], "train_error"))
+    lines = []
+    if None not in pt:
+        worse = pt[1] > pt[0]
+        lines.append(f"Plain: training error {_pct(pt[0])}% at depth {shallow} vs {_pct(pt[1])}% at depth {deep}: "
+                     + ("deeper is worse, the degradation the paper shows." if worse else
+                        "deeper is NOT worse here; the paper's effect did not show at this budget."))
+    if None not in rt:
+        better = rt[1] <= rt[0]
+        lines.append(f"ResNet: training error {_pct(rt[0])}% at depth {shallow} vs {_pct(rt[1])}% at depth {deep}: "
+                     + ("deeper is no worse, as in the paper." if better else "deeper is worse at this budget."))
+    return "\n\n".join(lines)
+
+
+def table6(settings: ExperimentSettings, depths: list[int], seeds: int) -> Path:
+    members = [Member(f"resnet{d}-seed{s}", "resnet", d, s, _model("resnet", d)) for d in depths for s in range(seeds)]
+    histories = run_members(settings, members)
+    rows = []
+    for d in depths:
+        errors = [_final(histories[f"resnet{d}-seed{s}"], "eval_error") for s in range(seeds)]
+        errors = [100 * e for e in errors if e is not None]
+        mean = statistics.mean(errors) if errors else None
+        std = statistics.stdev(errors) if len(errors) > 1 else 0.0
+        paper = PAPER_ERRORS.get(f"resnet{d}", (None, None))[0]
+        rows.append([f"ResNet-{d}", len(errors), "" if mean is None else f"{mean:.2f} +- {std:.2f}",
+                     "" if not errors else f"{min(errors):.2f}", "" if paper is None else f"{paper:.2f}"])
+    return _write_results(settings, "Table 6: CIFAR-10 error of ResNets by depth", rows,
+                          ["network", "seeds", "eval err % (mean +- std)", "best", "paper test err %"], histories, [],
+                          "ResNets of each depth over several seeds, identical recipe.")
+
+
+def shortcuts(settings: ExperimentSettings, depth: int, seed: int = 0) -> Path:
+    members = [Member(f"option{o}", o, depth, seed, _model("resnet", depth, shortcut=o))
+               for o in "ABC"]
+    members.append(Member("plain", "plain", depth, seed, _model("plain", depth)))
+    histories = run_members(settings, members)
+    error_curves({m.name: histories[m.name] for m in members}, settings.out / "shortcuts.png",
+                 f"shortcut options at depth {depth}")
+    from ..summary import summarize
+
+    rows = []
+    for m in members:
+        params = summarize(m.overrides["model"], **m.overrides["model_options"]).params
+        rows.append([m.name, f"{params:,}", _pct(_final(histories[m.name], "train_error")),
+                     _pct(_final(histories[m.name], "eval_error"))])
+    return _write_results(settings, f"Shortcut options A/B/C at depth {depth}", rows,
+                          ["shortcut", "params", "train err %", "eval err %"], histories, ["shortcuts.png"],
+                          "Paper Table 3 (ImageNet ResNet-34, top-1 10-crop): plain 28.54, A 25.03, B 24.52, C 24.19.")

@@ -1,0 +1,121 @@
+"""The paper's evidence, mechanics only: tiny depths, few steps, tiny data."""
+
+import json
+import re
+
+import pytest
+import torch
+import yaml
+from torch import nn
+
+import reslab
+from reslab.analysis.deepen import deepen, max_output_difference
+from reslab.analysis.experiments import (ExperimentSettings, Member, _member_config, degradation, run_members,
+                                        shortcuts, table6)
+from reslab.analysis.responses import layer_responses, response_layers
+from reslab.errors import SpecError
+from reslab.train.loop import fit
+
+pytest.importorskip("sklearn")
+
+
+def trained_resnet(name="resnet20", steps=20, **kw):
+    """A few SGD steps on random data so BN statistics and weights are non-trivial."""
+    torch.manual_seed(0)
+    model = reslab.create_model(name, **kw)
+    opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+    for _ in range(steps):
+        x, y = torch.randn(16, 3, 16, 16), torch.randint(0, 10, (16,))
+        loss = nn.functional.cross_entropy(model(x), y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    return model.eval()
+
+
+@pytest.mark.parametrize("shortcut", ["A", "B"])
+def test_deepened_resnet_is_exact_in_eval_and_train_mode(shortcut):
+    model = trained_resnet(shortcut=shortcut)
+    result = deepen(model, add=4)
+    assert result.spec.depth == 28 and sum(result.added.values()) == 4
+    batches = [(torch.randn(8, 3, 16, 16), None) for _ in range(3)]
+    assert max_output_difference(model, result.model, batches, train_mode=False) <= 1e-6
+    assert max_output_difference(model, result.model, batches, train_mode=True) <= 1e-6
+    # Inserted at the end of stage 3 only:
+    only3 = deepen(model, add=2, stages=[2])
+    assert len(only3.model.stages[2].blocks) == 5 and len(only3.model.stages[0].blocks) == 3
+
+
+def test_deepened_plain_passes_signal_in_eval_mode_only():
+    model = trained_resnet("plain20")
+    result = deepen(model, add=3)
+    batches = [(torch.randn(8, 3, 16, 16), None) for _ in range(2)]
+    assert max_output_difference(model, result.model, batches, train_mode=False) <= 1e-4
+    assert max_output_difference(model, result.model, batches, train_mode=True) > 1e-3
+
+
+def test_deepen_refuses_option_c_and_bad_stages():
+    with pytest.raises(SpecError, match="option C"):
+        deepen(trained_resnet(shortcut="C", steps=1), add=1)
+    with pytest.raises(SpecError, match="stage 5"):
+        deepen(trained_resnet(steps=1), add=1, stages=[4])
+
+
+def test_response_std_matches_a_hand_computation():
+    model = trained_resnet("resnet", depth=8)  # stem + one block per stage: 7 3x3 layers
+    layers = response_layers(model)
+    assert [n for n, _ in layers] == ["stem.bn", "stages.0.blocks.0.bn1", "stages.0.blocks.0.bn2",
+                                      "stages.1.blocks.0.bn1", "stages.1.blocks.0.bn2", "stages.2.blocks.0.bn1",
+                                      "stages.2.blocks.0.bn2"]
+    batches = [(torch.randn(5, 3, 16, 16), None) for _ in range(3)]
+    measured = layer_responses(model, batches)
+    # By hand: run the stem, take BN's output (before ReLU), std over every element of every batch.
+    with torch.no_grad():
+        stem_out = torch.cat([model.stem.bn(model.stem.conv(x)).flatten() for x, _ in batches]).double()
+        block = model.stages[0].blocks[0]
+        h = [torch.relu(model.stem.bn(model.stem.conv(x))) for x, _ in batches]
+        bn2_out = torch.cat([block.bn2(block.conv2(torch.relu(block.bn1(block.conv1(x))))).flatten() for x in h]).double()
+    assert measured[0].std == pytest.approx(stem_out.std(unbiased=False).item(), rel=1e-6)
+    assert measured[2].std == pytest.approx(bn2_out.std(unbiased=False).item(), rel=1e-6)
+
+
+TINY = dict(data="digits", budget=0.0005, eval_split="val", extra={"batch_size": 64, "eval_every": 1})
+
+
+def test_degradation_experiment_writes_figures_table_report_and_resumes(tmp_path):
+    settings = ExperimentSettings(out=tmp_path / "deg", **TINY)
+    report = degradation(settings, [8, 14])
+    text = report.read_text()
+    for name in ("figure6.png", "report.md", "table.md", "results.json"):
+        assert (tmp_path / "deg" / name).exists()
+    assert "REDUCED BUDGET" in text
+    assert re.search(r"\|\s+8 \|", text) and re.search(r"\|\s+14 \|", text)
+    results = json.loads((tmp_path / "deg" / "results.json").read_text())
+    assert set(results["histories"]) == {"plain8", "plain14", "resnet8", "resnet14"}
+    assert all(h[-1]["step"] == 32 for h in results["histories"].values())  # 0.0005 * 64k
+    # Identical data order: same seed, same recipe in every member.
+    configs = [yaml.safe_load((tmp_path / "deg" / "members" / m / "config.yaml").read_text())
+               for m in ("plain8", "resnet8")]
+    assert configs[0]["seed"] == configs[1]["seed"] and configs[0]["iterations"] == configs[1]["iterations"]
+    # Rerunning skips finished members.
+    before = (tmp_path / "deg" / "members" / "plain8" / "last.pt").stat().st_mtime_ns
+    degradation(settings, [8, 14])
+    assert (tmp_path / "deg" / "members" / "plain8" / "last.pt").stat().st_mtime_ns == before
+
+
+def test_interrupted_member_is_resumed(tmp_path):
+    settings = ExperimentSettings(out=tmp_path / "sc", **TINY)
+    member = Member("optionA", "A", 8, 0, {"model": "resnet", "model_options": {"depth": 8, "shortcut": "A"}})
+    stopped = fit(_member_config(settings, member), quiet=True, should_stop=lambda s: s == 10)
+    assert stopped.status == "interrupted"
+    histories = run_members(settings, [member])
+    assert histories["optionA"][-1]["step"] == 32
+
+
+def test_table6_and_shortcuts_tables(tmp_path):
+    report = table6(ExperimentSettings(out=tmp_path / "t6", **TINY), [8], seeds=2)
+    assert "+-" in report.read_text() and "ResNet-8" in report.read_text()
+    report = shortcuts(ExperimentSettings(out=tmp_path / "sc", **TINY), depth=8)
+    text = report.read_text()
+    assert "optionA" in text and "optionC" in text and "plain" in text
+    assert (tmp_path / "sc" / "shortcuts.png").exists()
