@@ -38,10 +38,10 @@ def reset_peak_rss() -> None:
         pass
 
 
-def peak_rss_mb() -> float | None:
+def _status_mb(field: str) -> float | None:
     try:
         for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
+            if line.startswith(field + ":"):
                 return int(line.split()[1]) / 1024
     except OSError:
         pass
@@ -49,10 +49,14 @@ def peak_rss_mb() -> float | None:
 
 
 def timed(fn: Callable[[], None]) -> tuple[float, float | None]:
+    """Seconds, and the peak resident memory the call added above what the process held before it."""
     reset_peak_rss()
+    before = _status_mb("VmRSS")
     start = time.perf_counter()
     fn()
-    return time.perf_counter() - start, peak_rss_mb()
+    elapsed = time.perf_counter() - start
+    peak = _status_mb("VmHWM")
+    return elapsed, None if peak is None or before is None else max(0.0, peak - before)
 
 
 def alternate(pair: dict[str, Callable[[], None]], repeats: int) -> dict[str, dict]:

@@ -1,0 +1,70 @@
+"""Weights that ship with reslab: loading, checksum, cards, and predict out of the box."""
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+import reslab
+import reslab.models.pretrained as pretrained
+from reslab.errors import CheckpointError, SpecError
+
+IMAGES = Path(__file__).resolve().parents[1] / "docs" / "images"
+
+
+def test_bundled_resnet20_loads_ready_for_inference():
+    assert "resnet20" in pretrained.available_pretrained()
+    model = reslab.create_model("resnet20", pretrained=True)
+    assert not model.training
+    assert model.classes[3] == "cat" and len(model.classes) == 10
+    info = pretrained.pretrained_info("resnet20")
+    assert (pretrained.WEIGHTS_DIR / info["card"]).exists()
+    card = (pretrained.WEIGHTS_DIR / info["card"]).read_text()
+    for needed in ("JPEG", "Command", "Seed", "Wall time", "Validation accuracy", "Preprocessing"):
+        assert needed in card
+    assert pretrained.WEIGHTS_DIR.joinpath(info["file"]).stat().st_size < 5_000_000
+
+
+def test_bundled_model_classifies_sample_images():
+    from reslab.predict import predict
+
+    checkpoint = pretrained.pretrained_checkpoint("resnet20")
+    results = predict(checkpoint, [IMAGES / "cat.png", IMAGES / "ship.png"], top_k=1)
+    assert [r.top[0][0] for r in results] == ["cat", "ship"]
+
+
+def test_checksum_is_verified(tmp_path, monkeypatch):
+    for f in pretrained.WEIGHTS_DIR.iterdir():
+        shutil.copy(f, tmp_path / f.name)
+    info = pretrained.pretrained_info("resnet20")
+    blob = bytearray((tmp_path / info["file"]).read_bytes())
+    blob[-100] ^= 0xFF
+    (tmp_path / info["file"]).write_bytes(bytes(blob))
+    monkeypatch.setattr(pretrained, "WEIGHTS_DIR", tmp_path)
+    with pytest.raises(CheckpointError, match="SHA-256"):
+        pretrained.pretrained_checkpoint("resnet20")
+
+
+def test_missing_weights_are_one_clear_error():
+    with pytest.raises(SpecError, match="no bundled weights for 'resnet1202'"):
+        reslab.create_model("resnet1202", pretrained=True)
+    with pytest.raises(SpecError, match="num_classes"):
+        reslab.create_model("resnet20", pretrained=True, num_classes=100)
+
+
+def test_cli_predict_without_checkpoint_and_models_column():
+    run = subprocess.run([sys.executable, "-m", "reslab", "predict", str(IMAGES / "cat.png"), "--json"],
+                         capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr
+    assert json.loads(run.stdout)[0]["top"][0]["class"] == "cat"
+    run = subprocess.run([sys.executable, "-m", "reslab", "predict", "--model", "resnet56", str(IMAGES / "cat.png")],
+                         capture_output=True, text=True, timeout=120)
+    assert run.returncode == 2 and "no bundled weights for 'resnet56'" in run.stderr
+    run = subprocess.run([sys.executable, "-m", "reslab", "models", "--json", "--family", "cifar"],
+                         capture_output=True, text=True, timeout=120)
+    flags = {r["name"]: r["pretrained"] for r in json.loads(run.stdout)}
+    assert flags["resnet20"] is True and flags["resnet56"] is False
