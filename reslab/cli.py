@@ -91,6 +91,7 @@ TRAIN_FLAGS = {
     "--device": ("device", str, "auto | cpu | cuda | mps"),
     "--threads": ("threads", int, "CPU threads"),
     "--image-size": ("image_size", int, "image folders: resize and centre-crop to this side"),
+    "--channels": ("channels", int, "image folders: 3 (RGB) or 1 (grayscale)"),
     "--init-from": ("init_from", str, "start from the weights of this checkpoint"),
     "--out": ("out", str, "run directory (default runs/<model>-<data>-<time>)"),
 }
@@ -118,6 +119,8 @@ def train_overrides(args: argparse.Namespace) -> dict:
         values["compile"] = True
     if args.deterministic:
         values["deterministic"] = True
+    if args.strict:
+        values["strict"] = True
     return values
 
 
@@ -159,7 +162,8 @@ def _checkpoint_data(checkpoint, data: str | None, data_root: str | None, split:
     if not source:
         raise CheckpointError(f"{checkpoint.path}: no dataset recorded; pass --data")
     options = DataOptions(root=data_root or config.get("data_root"), val_fraction=config.get("val_fraction", 0.1),
-                          image_size=config.get("image_size") or checkpoint.input_size)
+                          image_size=config.get("image_size") or checkpoint.input_size,
+                          channels=checkpoint.spec.in_channels if checkpoint.spec.in_channels in (1, 3) else 3)
     arrays = load_dataset(source, split, options)
     if len(arrays.classes) != len(checkpoint.classes) or arrays.channels != checkpoint.spec.in_channels:
         raise CheckpointError(f"{checkpoint.path}: model has {len(checkpoint.classes)} classes and "
@@ -392,6 +396,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="any setting, e.g. --set label_smoothing=0.1")
     p.add_argument("--compile", action="store_true", help="torch.compile the model")
     p.add_argument("--deterministic", action="store_true", help="deterministic algorithms only")
+    p.add_argument("--strict", action="store_true", help="image folders: fail on unreadable or non-image files")
     p.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run")
     p.add_argument("--quiet", action="store_true", help="no progress output (for logs)")
     p.add_argument("--nproc", type=int, help="processes on this machine (starts torchrun; see README)")

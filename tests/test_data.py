@@ -401,3 +401,30 @@ def test_shared_cifar10_jpeg_converts_and_loads(tmp_path):
     assert len(data) == 50_000
     assert data.class_counts() == [5000] * 10
     assert len(load_dataset("cifar10", "train", DataOptions(root=str(out)))) == 45_000
+
+
+def test_cifar100_layout(tmp_path):
+    import pickle
+
+    folder = tmp_path / "cifar-100-python"
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    with open(folder / "meta", "wb") as f:
+        pickle.dump({b"fine_label_names": [f"class{i}".encode() for i in range(100)],
+                     b"coarse_label_names": [b"x"] * 20}, f, protocol=2)
+    for name, n in (("train", 200), ("test", 100)):
+        with open(folder / name, "wb") as f:
+            pickle.dump({b"data": rng.integers(0, 256, (n, 3072), dtype=np.uint8),
+                         b"fine_labels": [i % 100 for i in range(n)], b"coarse_labels": [0] * n}, f, protocol=2)
+    data = load_dataset("cifar100", "trainval", DataOptions(root=str(tmp_path)))
+    assert data.images.shape == (200, 3, 32, 32) and len(data.classes) == 100
+    assert len(load_dataset("cifar100", "test", DataOptions(root=str(tmp_path)))) == 100
+    assert load_dataset("cifar100", "val", DataOptions(root=str(tmp_path))).class_counts() == [1] * 100
+
+
+def test_cli_training_on_a_strict_folder_fails_with_one_line(tmp_path, photo_folder):
+    (photo_folder / "cats" / "notes.txt").write_text("x")
+    result = subprocess.run([sys.executable, "-m", "reslab", "train", "--data", str(photo_folder), "--epochs", "1",
+                             "--batch-size", "4", "--strict", "--out", str(tmp_path / "run")],
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2 and "non-image file" in result.stderr and "Traceback" not in result.stderr

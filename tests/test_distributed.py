@@ -95,3 +95,11 @@ def test_resume_with_a_different_process_count(tmp_path):
                             capture_output=True, text=True, timeout=300, env=env)
     assert result.returncode == 0, result.stderr[-2000:]
     assert load_checkpoint(out / "last.pt").progress["step"] == 2 * (1618 // 64)
+
+
+def test_nproc_flag_starts_torchrun(tmp_path):
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "GLOO_SOCKET_IFNAME": "lo"}
+    result = subprocess.run([sys.executable, "-m", "reslab", "train", *COMMON, "--iterations", "2", "--nproc", "2",
+                             "--out", str(tmp_path / "run")], capture_output=True, text=True, timeout=300, env=env)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert json.loads((tmp_path / "run" / "run.json").read_text())["processes"] == 2

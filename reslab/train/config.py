@@ -32,6 +32,8 @@ class TrainConfig:
     eval_split: str | None = "val"  # "val", "test" or None
     val_fraction: float = 0.1
     image_size: int | None = None  # image folders: resize/crop side
+    channels: int = 3  # image folders: 3 (RGB) or 1 (grayscale)
+    strict: bool = False  # image folders: fail on unreadable or non-image files instead of skipping them
     normalize: str = "channel"  # "channel" mean/std, or "pixel": the paper's per-pixel mean subtraction
     augment: bool = True  # the dataset's crop/flip (CIFAR: pad 4, random crop, flip)
     # ---- the recipe ---------------------------------------------------------------------
@@ -96,6 +98,7 @@ class TrainConfig:
         need(self.eval_split in (None, "val", "test"), f"eval_split must be val, test or none, got {self.eval_split!r}")
         need(not (self.train_split == "trainval" and self.eval_split == "val"),
              "train_split trainval includes the validation images; evaluate on test (or none)")
+        need(self.channels in (1, 3), f"channels must be 1 or 3, got {self.channels!r}")
         need(self.normalize in ("channel", "pixel"), f"normalize must be channel or pixel, got {self.normalize!r}")
         need(list(self.milestones) == sorted(self.milestones), f"milestones must be increasing, got {self.milestones}")
         need(isinstance(self.model_options, dict), "model_options must be a mapping")

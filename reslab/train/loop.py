@@ -83,7 +83,8 @@ def select_device(name: str) -> torch.device:
 
 
 def data_options(config: TrainConfig) -> DataOptions:
-    return DataOptions(root=config.data_root, val_fraction=config.val_fraction, image_size=config.image_size)
+    return DataOptions(root=config.data_root, val_fraction=config.val_fraction, image_size=config.image_size,
+                       channels=config.channels, strict=config.strict)
 
 
 def model_spec(config: TrainConfig, data: ImageArrays) -> NetSpec:
