@@ -14,38 +14,17 @@ from __future__ import annotations
 
 import argparse
 import sys
-import time
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from torch.utils.data import DataLoader, Dataset
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+import baseline  # noqa: E402
 from common import cifar_or_synthetic, machine, median_time, write_json  # noqa: E402
 
 import reslab  # noqa: E402
 from reslab.data import Normalizer, TrainLoader  # noqa: E402
-
-
-class PerSampleCifar(Dataset):
-    """One image at a time, as the usual torchvision-transform pipelines do it."""
-
-    def __init__(self, images: torch.Tensor, labels: torch.Tensor, mean: torch.Tensor, std: torch.Tensor):
-        self.images, self.labels = images, labels
-        self.mean, self.std = mean.view(3, 1, 1), std.view(3, 1, 1)
-
-    def __len__(self) -> int:
-        return len(self.images)
-
-    def __getitem__(self, i: int):
-        img = self.images[i].float() / 255
-        img = F.pad(img, (4, 4, 4, 4))
-        top, left = torch.randint(0, 9, (2,)).tolist()
-        img = img[:, top:top + 32, left:left + 32]
-        if torch.rand(()) < 0.5:
-            img = img.flip(2)
-        return (img - self.mean) / self.std, int(self.labels[i])
 
 
 def main() -> None:
@@ -60,8 +39,7 @@ def main() -> None:
     norm = Normalizer.fit(data.images)
     batch = 128
     loader = TrainLoader(data, batch, norm, seed=0)
-    per_sample = DataLoader(PerSampleCifar(data.images, data.labels, norm.mean, norm.std), batch_size=batch,
-                            shuffle=True, num_workers=2, drop_last=True, persistent_workers=True)
+    per_sample = baseline.loader(data.images, data.labels, norm.mean, norm.std, batch, workers=2)
 
     def run_reslab() -> None:
         for i, (x, y) in enumerate(loader.epoch(0)):

@@ -66,16 +66,21 @@ def _cache_key(root: Path, items: list[tuple[Path, int]], channels: int, image_s
     return digest.hexdigest()[:20]
 
 
+def _report_skipped(root: Path, paths: list[Path], what: str, strict: bool) -> None:
+    """Name (up to five of) the files left out; with ``strict`` they are an error instead."""
+    if not paths:
+        return
+    if strict:
+        raise DataError(f"{root}: {len(paths)} {what}, e.g. {paths[0]} (--strict)")
+    names = ", ".join(str(p.relative_to(root)) for p in paths[:5]) + (" ..." if len(paths) > 5 else "")
+    warnings.warn(f"{root}: skipped {len(paths)} {what}: {names}", stacklevel=3)
+
+
 def load_folder(root: Path, *, channels: int = 3, image_size: int | None = None, strict: bool = False,
                 cache_dir: Path | None = None) -> ImageArrays:
     root = Path(root)
     classes, items, skipped = list_class_folders(root)
-    if skipped:
-        if strict:
-            raise DataError(f"{root}: {len(skipped)} non-image file(s), e.g. {skipped[0]} (--strict)")
-        warnings.warn(f"{root}: skipped {len(skipped)} non-image file(s): "
-                      + ", ".join(str(p.relative_to(root)) for p in skipped[:5])
-                      + (" ..." if len(skipped) > 5 else ""), stacklevel=2)
+    _report_skipped(root, skipped, "non-image file(s)", strict)
     cache_file = None
     if cache_dir is not None:
         cache_file = Path(cache_dir) / f"folder-{_cache_key(root, items, channels, image_size)}.pt"
@@ -96,12 +101,7 @@ def load_folder(root: Path, *, channels: int = 3, image_size: int | None = None,
         sizes.setdefault(image.shape[1:], path)
         arrays.append(image)
         labels.append(label)
-    if unreadable:
-        if strict:
-            raise DataError(f"{root}: {len(unreadable)} unreadable image(s), e.g. {unreadable[0]} (--strict)")
-        warnings.warn(f"{root}: skipped {len(unreadable)} unreadable image(s): "
-                      + ", ".join(str(p.relative_to(root)) for p in unreadable[:5])
-                      + (" ..." if len(unreadable) > 5 else ""), stacklevel=2)
+    _report_skipped(root, unreadable, "unreadable image(s)", strict)
     if not arrays:
         raise DataError(f"{root}: no readable images")
     if len(sizes) > 1:

@@ -41,6 +41,11 @@ def _conv(in_ch: int, out_ch: int, kernel: tuple[int, int], stride: int = 1) -> 
     return nn.Conv2d(in_ch, out_ch, kernel, stride=stride, padding=padding, bias=False)
 
 
+def _shortcut_for(spec: BlockSpec, option: str | None) -> nn.Module | None:
+    """The block's shortcut under ``option``; ``None`` (no shortcut at all) for the plain twin."""
+    return None if option is None else make_shortcut(option, spec.in_channels, spec.out_channels, spec.stride)
+
+
 class BasicBlock(nn.Module):
     """Two-layer block: conv k, BN, ReLU, conv k, BN, (+ shortcut), ReLU."""
 
@@ -51,11 +56,7 @@ class BasicBlock(nn.Module):
         self.conv2 = _conv(spec.out_channels, spec.out_channels, spec.kernel)
         self.bn2 = nn.BatchNorm2d(spec.out_channels)
         self.relu = nn.ReLU(inplace=True)
-        self.shortcut = (
-            None
-            if shortcut is None
-            else make_shortcut(shortcut, spec.in_channels, spec.out_channels, spec.stride)
-        )
+        self.shortcut = _shortcut_for(spec, shortcut)
 
     @property
     def last_bn(self) -> nn.BatchNorm2d:
@@ -90,11 +91,7 @@ class Bottleneck(nn.Module):
         self.conv3 = nn.Conv2d(inner, spec.out_channels, 1, bias=False)
         self.bn3 = nn.BatchNorm2d(spec.out_channels)
         self.relu = nn.ReLU(inplace=True)
-        self.shortcut = (
-            None
-            if shortcut is None
-            else make_shortcut(shortcut, spec.in_channels, spec.out_channels, spec.stride)
-        )
+        self.shortcut = _shortcut_for(spec, shortcut)
 
     @property
     def last_bn(self) -> nn.BatchNorm2d:
