@@ -239,6 +239,10 @@ def _fit(config: TrainConfig, device: torch.device, ctx: distributed.DistContext
                                       "per_process_batch": config.batch_size // ctx.world_size,
                                       "accumulation": config.accumulation, "lr": config.lr,
                                       "torch": torch.__version__}, indent=2) + "\n", run_dir / "run.json")
+    if config.schedule == "multistep" and any(m >= total_steps for m in config.milestones):
+        # e.g. the paper recipe (milestones 32k/48k) shortened with --epochs: the lr never drops.
+        log.line(f"warning: lr milestones {config.milestones} lie beyond this run's {total_steps:,} steps; "
+                 f"set --set milestones=[...] to scale them")
     log.line(f"run {run_dir}: {spec.name} on {train_data.name} ({len(train_data):,} images), "
              f"{total_steps:,} steps of batch {config.batch_size} on {device}"
              + (f" x {ctx.world_size} processes" if ctx.enabled else "")
