@@ -119,3 +119,29 @@ def test_table6_and_shortcuts_tables(tmp_path):
     text = report.read_text()
     assert "optionA" in text and "optionC" in text and "plain" in text
     assert (tmp_path / "sc" / "shortcuts.png").exists()
+
+
+def test_cli_deepen_then_continue_training(tmp_path):
+    import subprocess
+    import sys
+
+    def cli(*args):
+        return subprocess.run([sys.executable, "-m", "reslab", *args], capture_output=True, text=True, timeout=300)
+
+    run = tmp_path / "r8"
+    assert cli("train", "--recipe", "fast", "--model", "resnet", "--set", "model_options.depth=8", "--data", "digits",
+               "--epochs", "2", "--batch-size", "64", "--out", str(run), "--quiet").returncode == 0
+    deep = tmp_path / "deep.pt"
+    result = cli("deepen", str(run), "--add", "2", "--where", "3", "--out", str(deep))
+    assert result.returncode == 0, result.stderr
+    assert "eval mode 0, train mode 0" in result.stdout and "depth 12" in result.stdout
+    result = cli("train", "--recipe", "fast", "--init-from", str(deep), "--data", "digits", "--epochs", "1",
+                 "--batch-size", "64", "--out", str(tmp_path / "cont"), "--quiet")
+    assert result.returncode == 0, result.stderr
+    from reslab.train.checkpoint import load_checkpoint
+
+    assert load_checkpoint(tmp_path / "cont" / "last.pt").spec.depth == 12
+    result = cli("analyze", "responses", str(run), str(tmp_path / "cont"), "--out", str(tmp_path / "resp"))
+    assert result.returncode == 0, result.stderr
+    lines = (tmp_path / "resp" / "responses.csv").read_text().splitlines()
+    assert len(lines) == 1 + 7 + 11 and (tmp_path / "resp" / "responses.png").exists()

@@ -243,3 +243,11 @@ def test_ctrl_c_saves_and_exits_cleanly(tmp_path):
     assert "resume with --resume" in stdout and "Traceback" not in stderr
     ckpt = load_checkpoint(out / "last.pt")
     assert 0 < ckpt.progress["step"] < 300 * 13
+
+
+def test_a_new_run_never_overwrites_an_existing_one(tmp_path):
+    fit(tiny_config(tmp_path / "run", epochs=1), quiet=True)
+    before = (tmp_path / "run" / "last.pt").read_bytes()
+    with pytest.raises(ConfigError, match="already holds a run"):
+        fit(tiny_config(tmp_path / "run", epochs=1), quiet=True)
+    assert (tmp_path / "run" / "last.pt").read_bytes() == before

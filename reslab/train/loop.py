@@ -187,6 +187,9 @@ def _fit(config: TrainConfig, device: torch.device, ctx: distributed.DistContext
         raise ConfigError(f"batch_size {config.batch_size} does not split into {ctx.world_size} processes x "
                           f"{config.accumulation} micro-batches")
     run_dir = Path(config.out) if config.out else default_run_dir(config)
+    if not resume and (run_dir / "last.pt").exists():
+        # Never train over a user's run: its checkpoints would be replaced.
+        raise ConfigError(f"{run_dir} already holds a run; continue it with --resume {run_dir} or choose another --out")
     quiet = quiet or not ctx.is_main
     log = Progress(0, quiet)
 
