@@ -141,7 +141,7 @@ def cmd_train(args: argparse.Namespace) -> int | None:
         else:
             result = fit(config, quiet=args.quiet)
     if result.status == "diverged":
-        raise_user_error(f"{result.message} ({result.run_dir})")
+        raise ReslabError(f"{result.message} ({result.run_dir})")
     if result.status == "interrupted":
         print(result.message)
         return 130
@@ -227,7 +227,7 @@ def cmd_predict(args: argparse.Namespace) -> None:
     else:
         checkpoint = pretrained_checkpoint(args.model or "resnet20")
     if not paths:
-        raise_user_error("no images given")
+        raise ReslabError("no images given")
     predictions = predict(checkpoint, paths, top_k=args.top_k)
     if args.json:
         print(json.dumps([p.to_dict() for p in predictions], indent=2))
@@ -360,12 +360,6 @@ def cmd_deepen(args: argparse.Namespace) -> None:
     if not source.spec.residual:
         print("plain network: the inserted layers pass the signal only in eval mode (train-mode BN renormalises)")
     print(f"wrote {out}; continue training with: reslab train --init-from {out} --data {config.get('data')}")
-
-
-def raise_user_error(message: str) -> None:
-    from .errors import ReslabError
-
-    raise ReslabError(message)
 
 
 def build_parser() -> argparse.ArgumentParser:

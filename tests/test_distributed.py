@@ -42,7 +42,7 @@ def test_two_processes_equal_one_process_with_the_same_global_batch(tmp_path):
     ddp = load_checkpoint(tmp_path / "ddp" / "last.pt")
     single = load_checkpoint(tmp_path / "single" / "last.pt")
     assert ddp.progress["step"] == single.progress["step"] == 6
-    params = [name for name, _ in torch.nn.Module.named_parameters(single.build_model())]
+    params = [name for name, _ in single.build_model().named_parameters()]
     # Halving is exact in floating point and a two-way sum is order-free, so the updates agree to
     # rounding of the all-reduce's bucketed copies: 1e-6 is far below one SGD step's size (~1e-3).
     for name in params:

@@ -133,7 +133,8 @@ def _run_parallel(settings: ExperimentSettings, pending: list[Member], configs: 
         m, proc = running.pop(0)
         _, err = proc.communicate()
         if proc.returncode != 0:
-            failures.append(f"{m.name}: {(err or '').strip().splitlines()[-1:] or ['failed']}")
+            last_line = (err or "").strip().splitlines()[-1:] or ["failed"]
+            failures.append(f"{m.name}: {last_line[0]}")
     if failures:
         raise ConfigError("members failed: " + "; ".join(failures))
 

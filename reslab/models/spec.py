@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import inspect
 import json
-import warnings
 from pathlib import Path
 from typing import Any
 
@@ -103,9 +102,7 @@ def spec_from_mapping(data: dict[str, Any], where: str = "spec") -> NetSpec:
 def load_spec(path: str | Path) -> NetSpec:
     """Read a network spec file (see the module docstring for the format)."""
     data = read_mapping(path)
-    with warnings.catch_warnings():
-        warnings.simplefilter("default")
-        spec = spec_from_mapping(data, str(path))
+    spec = spec_from_mapping(data, str(path))
     if "name" not in data and "model" not in data:
         spec = spec.with_overrides(name=Path(path).stem)
     return spec
