@@ -13,7 +13,7 @@ from reslab.analysis.deepen import deepen, max_output_difference
 from reslab.analysis.experiments import (ExperimentSettings, Member, _member_config, degradation, run_members,
                                         shortcuts, table6)
 from reslab.analysis.responses import layer_responses, response_layers
-from reslab.errors import SpecError
+from reslab.errors import ConfigError, SpecError
 from reslab.train.loop import fit
 
 pytest.importorskip("sklearn")
@@ -145,3 +145,19 @@ def test_cli_deepen_then_continue_training(tmp_path):
     assert result.returncode == 0, result.stderr
     lines = (tmp_path / "resp" / "responses.csv").read_text().splitlines()
     assert len(lines) == 1 + 7 + 11 and (tmp_path / "resp" / "responses.png").exists()
+
+
+def test_parallel_members_finish_and_a_failing_member_is_named(tmp_path):
+    settings = ExperimentSettings(out=tmp_path / "par", jobs=2, **TINY)
+    members = [Member(f"resnet{d}", "resnet", d, 0, {"model": "resnet", "model_options": {"depth": d}})
+               for d in (8, 14)]
+    histories = run_members(settings, members)
+    assert all(h[-1]["step"] == 32 for h in histories.values())
+    assert (tmp_path / "par" / "members" / "resnet14" / "stderr.log").exists()
+    # A member whose training fails (depth 9 is not 6n+2) is reported by name with its error line,
+    # after the healthy member beside it has finished.
+    bad = Member("broken", "resnet", 9, 0, {"model": "resnet", "model_options": {"depth": 9}})
+    good = Member("resnet8b", "resnet", 8, 1, {"model": "resnet", "model_options": {"depth": 8}})
+    with pytest.raises(ConfigError, match=r"members failed: broken: .*6n\+2"):
+        run_members(settings, [bad, good])
+    assert (tmp_path / "par" / "members" / "resnet8b" / "summary.json").exists()

@@ -16,6 +16,7 @@ import os
 import statistics
 import subprocess
 import sys
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -31,6 +32,7 @@ from ..train.history import read_history
 from ..train.loop import fit, resume_run
 
 PAPER_ITERATIONS, PAPER_MILESTONES = 64_000, (32_000, 48_000)
+POLL_S = 1.0  # how often a parallel experiment checks whether a member finished
 
 
 @dataclass(frozen=True)
@@ -114,8 +116,13 @@ def run_members(settings: ExperimentSettings, members: list[Member]) -> dict[str
 
 
 def _run_parallel(settings: ExperimentSettings, pending: list[Member], configs: dict) -> None:
-    running: list[tuple[Member, subprocess.Popen]] = []
-    queue = list(pending)
+    """Run members as subprocesses, ``jobs`` at a time, starting the next one as soon as a slot frees.
+
+    The deepest members start first (longest job first), so the shallow ones fill in beside them
+    instead of leaving one slot idle at the end. Each member's stderr goes to its run folder.
+    """
+    queue = sorted(pending, key=lambda m: -m.depth)
+    running: list[tuple[Member, subprocess.Popen, Any]] = []
     failures = []
     while queue or running:
         while queue and len(running) < settings.jobs:
@@ -129,12 +136,20 @@ def _run_parallel(settings: ExperimentSettings, pending: list[Member], configs: 
                 atomic_write_text(configs[m.name].dump(), config_file)
                 args = ["--config", str(config_file)]
             command = [sys.executable, "-m", "reslab", "train", *args, "--quiet"]
-            running.append((m, subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)))
-        m, proc = running.pop(0)
-        _, err = proc.communicate()
-        if proc.returncode != 0:
-            last_line = (err or "").strip().splitlines()[-1:] or ["failed"]
-            failures.append(f"{m.name}: {last_line[0]}")
+            err = open(run_dir / "stderr.log", "a+")
+            running.append((m, subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=err), err))
+        finished = [entry for entry in running if entry[1].poll() is not None]
+        if not finished:
+            time.sleep(POLL_S)
+            continue
+        for entry in finished:
+            running.remove(entry)
+            m, proc, err = entry
+            if proc.returncode != 0:
+                err.seek(0)
+                last_line = err.read().strip().splitlines()[-1:] or [f"exit status {proc.returncode}"]
+                failures.append(f"{m.name}: {last_line[0]}")
+            err.close()
     if failures:
         raise ConfigError("members failed: " + "; ".join(failures))
 
