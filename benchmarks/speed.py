@@ -1,6 +1,7 @@
 """reslab vs the usual PyTorch ResNet code (benchmarks/baseline.py), side by side in one run.
 
-Cases: training images/s for ResNet-20/56/110 at batch 128 (also the ``fast`` recipe's batch);
+Cases: training images/s for ResNet-20/56/110 at batch 128 (also the ``fast`` recipe's batch; for
+ResNet-20 also with bf16 autocast and with torch.compile);
 inference images/s at batch 256 and single-image latency for ResNet-20/56; ResNet-50 at 224x224
 inference; peak memory of each. Baseline and reslab alternate within each case, after warm-up,
 and the medians of the repetitions are reported with their ratio. Also: a profile of one ResNet-20
@@ -27,7 +28,7 @@ from common import cifar_or_synthetic, machine, write_json  # noqa: E402
 
 import reslab  # noqa: E402
 from reslab.data import Normalizer, TrainLoader  # noqa: E402
-from reslab.inference import frozen_for_inference, optimize_for_inference  # noqa: E402
+from reslab.inference import bfloat16_is_fast, frozen_for_inference, optimize_for_inference  # noqa: E402
 from reslab.summary import summarize  # noqa: E402
 
 
@@ -74,13 +75,11 @@ def alternate(pair: dict[str, Callable[[], None]], repeats: int) -> dict[str, di
             for k, v in times.items()}
 
 
-def training_case(depth: int, batch: int, steps: int, repeats: int, data, norm) -> dict:
+def training_case(depth: int, batch: int, steps: int, repeats: int, data, norm, extra_paths: bool = False) -> dict:
+    """Baseline vs reslab's training step; with ``extra_paths`` also bf16 autocast and torch.compile."""
     base_model = baseline.resnet(depth)
     base_opt = torch.optim.SGD(base_model.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-4)
     base_batches = iter(_cycle(baseline.loader(data.images, data.labels, norm.mean, norm.std, batch)))
-
-    ours = reslab.create_model(f"resnet{depth}").to(memory_format=torch.channels_last)
-    opt = torch.optim.SGD(ours.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-4, foreach=True)
     loader = TrainLoader(data, batch, norm, seed=0)
     state = {"epoch": 0, "it": loader.epoch(0)}
 
@@ -92,23 +91,37 @@ def training_case(depth: int, batch: int, steps: int, repeats: int, data, norm) 
             state["it"] = loader.epoch(state["epoch"])
             return next(state["it"])
 
+    def reslab_steps(model, autocast: bool = False) -> Callable[[], None]:
+        opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-4, foreach=True)
+
+        def run() -> None:
+            # reslab.train.loop's step: no host sync inside the loop, one at the end.
+            model.train()
+            total = torch.zeros(())
+            for _ in range(steps):
+                x, y = next_ours()
+                with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+                    loss = F.cross_entropy(model(x), y)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                total += loss.detach()
+            float(total)
+
+        return run
+
+    def fresh():
+        return reslab.create_model(f"resnet{depth}").to(memory_format=torch.channels_last)
+
     def run_baseline() -> None:
         baseline.train_steps(base_model, base_batches, base_opt, steps)
 
-    def run_reslab() -> None:
-        # reslab.train.loop's step: no host sync inside the loop, one at the end.
-        ours.train()
-        total = torch.zeros(())
-        for _ in range(steps):
-            x, y = next_ours()
-            loss = F.cross_entropy(ours(x), y)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            total += loss.detach()
-        float(total)
-
-    result = alternate({"baseline": run_baseline, "reslab": run_reslab}, repeats)
+    paths = {"baseline": run_baseline, "reslab": reslab_steps(fresh())}
+    if extra_paths:
+        if bfloat16_is_fast():
+            paths["reslab_bf16_autocast"] = reslab_steps(fresh(), autocast=True)
+        paths["reslab_compiled"] = reslab_steps(torch.compile(fresh()))  # compiles in the warm-up pass
+    result = alternate(paths, repeats)
     images = steps * batch
     return _ratio(result, images, f"train resnet{depth} batch {batch}", "images/s")
 
@@ -141,8 +154,18 @@ def inference_case(name: str, depth_model: Callable, ours_model, batch: int, siz
             for _ in range(iters):
                 eager(x_cl)
 
-    # reslab: frozen TorchScript (BN folded, oneDNN); also its eager BN-folded path and ONNX Runtime.
+    # reslab: frozen TorchScript (BN folded, oneDNN); also its eager BN-folded path, the same in
+    # bfloat16 where the CPU has bf16 instructions (outputs rounded: opt-in), and ONNX Runtime.
     pair = {"baseline": run_baseline, "reslab": run_frozen, "reslab_eager_folded": run_eager}
+    if bfloat16_is_fast():
+        half = optimize_for_inference(ours_model.eval(), "bfloat16")
+
+        def run_bf16() -> None:
+            with torch.inference_mode():
+                for _ in range(iters):
+                    half(x_cl)
+
+        pair["reslab_bf16"] = run_bf16
     onnx = _onnx_runner(eager, x, iters)
     if onnx is not None:
         pair["reslab_onnxruntime"] = onnx
@@ -273,7 +296,7 @@ def main() -> None:
     cases = []
     for depth in depths:
         steps = 2 if quick else max(4, int(40 * 20 / depth))
-        cases.append(training_case(depth, 128, steps, repeats, data, norm))
+        cases.append(training_case(depth, 128, steps, repeats, data, norm, extra_paths=depth == 20))
         print(_line(cases[-1]), flush=True)
     for depth in [d for d in depths if d in (20, 56)]:
         cases.append(inference_case(f"resnet{depth}", lambda d=depth: baseline.resnet(d),

@@ -187,6 +187,11 @@ def cmd_eval(args: argparse.Namespace) -> None:
     checkpoint = load_checkpoint(args.checkpoint)
     arrays = _checkpoint_data(checkpoint, args.data, args.data_root, args.split)
     model = checkpoint.build_model()
+    if args.precision != "float32":  # the float32 default evaluates the model exactly as trained
+        from .inference import optimize_for_inference
+
+        _note_if_bfloat16_is_slow(args.precision)
+        model = optimize_for_inference(model, args.precision)
     result = evaluate(model, EvalLoader(arrays, 500, checkpoint.normalizer), len(checkpoint.classes))
     per_class = result.per_class_accuracy()
     confusion = result.confusion.tolist()
@@ -210,6 +215,14 @@ def cmd_eval(args: argparse.Namespace) -> None:
         print(f"\nwrote {args.confusion_png}")
 
 
+def _note_if_bfloat16_is_slow(precision: str) -> None:
+    from .inference import bfloat16_is_fast
+
+    if precision == "bfloat16" and not bfloat16_is_fast():
+        print("note: this CPU has no native bf16 arithmetic; bfloat16 runs slower than float32 here",
+              file=sys.stderr)
+
+
 def _is_checkpoint(arg: str) -> bool:
     path = Path(arg)
     return path.suffix in (".pt", ".pth") or (path.is_dir() and ((path / "best.pt").exists() or (path / "last.pt").exists()))
@@ -228,7 +241,8 @@ def cmd_predict(args: argparse.Namespace) -> None:
         checkpoint = pretrained_checkpoint(args.model or "resnet20")
     if not paths:
         raise ReslabError("no images given")
-    predictions = predict(checkpoint, paths, top_k=args.top_k)
+    _note_if_bfloat16_is_slow(args.precision)
+    predictions = predict(checkpoint, paths, top_k=args.top_k, precision=args.precision)
     if args.json:
         print(json.dumps([p.to_dict() for p in predictions], indent=2))
         return
@@ -402,6 +416,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data-root", help="where named datasets live")
     p.add_argument("--split", default="val", choices=["train", "val", "trainval", "test"])
     p.add_argument("--confusion-png", metavar="PATH", help="also draw the confusion matrix")
+    p.add_argument("--precision", choices=["float32", "bfloat16"], default="float32",
+                   help="bfloat16: about 2x faster on CPUs with AVX512_BF16/AMX and on GPUs, outputs rounded")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_eval)
 
@@ -411,6 +427,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("paths", nargs="+", metavar="[CHECKPOINT] IMAGE", help="a checkpoint or run folder, then images or folders")
     p.add_argument("--model", help="a bundled model instead of a checkpoint (see `reslab models`)")
     p.add_argument("--top-k", type=int, default=3)
+    p.add_argument("--precision", choices=["float32", "bfloat16"], default="float32",
+                   help="bfloat16: about 2x faster on CPUs with AVX512_BF16/AMX and on GPUs, outputs rounded")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_predict)
 

@@ -56,9 +56,9 @@ def load_images(paths: Sequence[Path], channels: int, size: int) -> torch.Tensor
 
 @torch.inference_mode()
 def predict(checkpoint: Checkpoint, paths: Sequence[str | Path], top_k: int = 3,
-            batch_size: int = 256) -> list[Prediction]:
+            batch_size: int = 256, precision: str = "float32") -> list[Prediction]:
     files = expand_paths(paths)
-    model = optimize_for_inference(checkpoint.build_model())
+    model = optimize_for_inference(checkpoint.build_model(), precision)
     k = max(1, min(top_k, len(checkpoint.classes)))
     results = []
     for start in range(0, len(files), batch_size):

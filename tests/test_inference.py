@@ -1,5 +1,6 @@
 """The optimised inference path gives the plain path's outputs."""
 
+import pytest
 import torch
 from torch import nn
 
@@ -66,3 +67,20 @@ def test_frozen_torchscript_matches_for_any_batch_and_size():
         with torch.inference_mode():
             ref, out = model(x), frozen(x)
         torch.testing.assert_close(out, ref, rtol=1e-4, atol=1e-5)
+
+
+def test_bfloat16_inference_takes_and_returns_float32_and_stays_close():
+    torch.manual_seed(0)
+    model = reslab.create_model("resnet20").eval()
+    x = torch.randn(16, 3, 32, 32)
+    with torch.inference_mode():
+        reference = model(x)
+        fast = optimize_for_inference(model, "bfloat16")
+        out = fast(x)
+    assert out.dtype == torch.float32 and out.shape == reference.shape
+    assert all(p.dtype == torch.bfloat16 for p in fast.parameters())
+    scale = reference.abs().max()
+    assert (out - reference).abs().max() < 0.05 * scale  # bf16 keeps ~8 bits of mantissa
+    assert (out - reference).abs().max() > 0  # and it really ran in bf16
+    with pytest.raises(ValueError, match="float32, bfloat16"):
+        optimize_for_inference(model, "float16")

@@ -68,3 +68,19 @@ def test_cli_predict_without_checkpoint_and_models_column():
                          capture_output=True, text=True, timeout=120)
     flags = {r["name"]: r["pretrained"] for r in json.loads(run.stdout)}
     assert flags["resnet20"] is True and flags["resnet56"] is False
+
+
+def test_bfloat16_predictions_match_float32_on_the_sample_images():
+    from reslab.predict import predict
+
+    checkpoint = pretrained.pretrained_checkpoint("resnet20")
+    images = [IMAGES / "cat.png", IMAGES / "ship.png", IMAGES / "horse.png"]
+    full = predict(checkpoint, images, top_k=3)
+    half = predict(checkpoint, images, top_k=3, precision="bfloat16")
+    for f, h in zip(full, half):
+        assert [c for c, _ in f.top] == [c for c, _ in h.top]
+        assert max(abs(pf - ph) for (_, pf), (_, ph) in zip(f.top, h.top)) < 0.03  # bf16: ~3 digits
+    run = subprocess.run([sys.executable, "-m", "reslab", "predict", str(IMAGES / "ship.png"), "--precision",
+                          "bfloat16", "--json"], capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr
+    assert json.loads(run.stdout)[0]["top"][0]["class"] == "ship"
