@@ -15,7 +15,7 @@ def speed_tables(result: dict) -> str:
     lines = [f"Machine: {m['processor']}, {m['cpus']} CPUs, {m['platform']}; torch {m['torch']}, "
              f"{m['threads']} threads. Data: {result['data']}. Median of {result['repeats']} alternating repetitions "
              "after warm-up.", "",
-             "| case | baseline | reslab | ratio | other reslab paths | peak added RSS MB (baseline / reslab) |",
+             "| case | baseline | reslab | ratio | other reslab paths | memory MB, baseline / reslab |",
              "|---|---|---|---|---|---|"]
     for case in result["cases"]:
         ms = case["unit"] == "ms/image"
@@ -25,8 +25,7 @@ def speed_tables(result: dict) -> str:
 
         others = ", ".join(f"{k.removeprefix('reslab_')}: {value(v)} ({v['ratio']:.2f}x)"
                            for k, v in case.items() if isinstance(v, dict) and k not in ("baseline", "reslab"))
-        peaks = f"{case['baseline']['peak_rss_mb']:.0f} / {case['reslab']['peak_rss_mb']:.0f}" \
-            if case["baseline"].get("peak_rss_mb") is not None else ""
+        peaks = " / ".join(_memory(case[k]) for k in ("baseline", "reslab")) if "memory" in case["baseline"] else ""
         lines.append(f"| {case['case']} | {value(case['baseline'])} | {value(case['reslab'])} | "
                      f"**{case['reslab']['ratio']:.2f}x** | {others} | {peaks} |")
     prof = result["profile_resnet20_step"]
@@ -41,6 +40,18 @@ def speed_tables(result: dict) -> str:
                   f"and about 3x that to train (forward + two backward products), so at GEMM speed it would train "
                   f"{f['training_images_per_s_floor']:.0f} img/s and infer {f['inference_images_per_s_floor']:.0f} img/s."]
     return "\n".join(lines)
+
+
+def _memory(entry: dict) -> str:
+    """Peak RSS the path added in its own process (and the process's whole peak)."""
+    m = entry["memory"]
+    return f"{m['peak_added_mb']:.0f} ({m['peak_rss_mb']:.0f})"
+
+
+def memory_note() -> str:
+    return ("Memory: each path run alone in a fresh process (`--probe`): the peak resident memory it added "
+            "above the process after set-up, and in brackets the process's whole peak (Python, torch, data, "
+            "models). The baseline's DataLoader workers are separate processes, not counted.")
 
 
 def data_table(result: dict) -> str:
@@ -59,7 +70,7 @@ def data_table(result: dict) -> str:
 def main() -> None:
     for path in sys.argv[1:]:
         result = json.loads(Path(path).read_text())
-        print(speed_tables(result) if result["benchmark"] == "speed" else data_table(result))
+        print(speed_tables(result) + "\n\n" + memory_note() if result["benchmark"] == "speed" else data_table(result))
         print()
 
 

@@ -13,9 +13,12 @@ training step by op category, and the arithmetic floor (FLOPs / measured GEMM ra
 from __future__ import annotations
 
 import argparse
+import json
 import statistics
+import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -49,33 +52,28 @@ def _status_mb(field: str) -> float | None:
     return None
 
 
-def timed(fn: Callable[[], None]) -> tuple[float, float | None]:
-    """Seconds, and the peak resident memory the call added above what the process held before it."""
-    reset_peak_rss()
-    before = _status_mb("VmRSS")
-    start = time.perf_counter()
-    fn()
-    elapsed = time.perf_counter() - start
-    peak = _status_mb("VmHWM")
-    return elapsed, None if peak is None or before is None else max(0.0, peak - before)
-
-
 def alternate(pair: dict[str, Callable[[], None]], repeats: int) -> dict[str, dict]:
     for fn in pair.values():  # warm-up
         fn()
     times: dict[str, list[float]] = {k: [] for k in pair}
-    peaks: dict[str, list[float]] = {k: [] for k in pair}
     for _ in range(repeats):
         for name, fn in pair.items():
-            t, peak = timed(fn)
-            times[name].append(t)
-            if peak is not None:
-                peaks[name].append(peak)
-    return {k: {"median_s": statistics.median(v), "runs_s": v, "peak_rss_mb": max(peaks[k]) if peaks[k] else None}
-            for k, v in times.items()}
+            start = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - start)
+    return {k: {"median_s": statistics.median(v), "runs_s": v} for k, v in times.items()}
 
 
-def training_case(depth: int, batch: int, steps: int, repeats: int, data, norm, extra_paths: bool = False) -> dict:
+@dataclass
+class Case:
+    """One benchmark case: the callables to time side by side, and how much work one call does."""
+    label: str
+    unit: str  # "images/s" or "ms/image"
+    work: int  # images per call
+    paths: dict[str, Callable[[], None]]  # "baseline" first, then "reslab", then other reslab paths
+
+
+def training_case(depth: int, batch: int, steps: int, data, norm, extra_paths: bool = False) -> Case:
     """Baseline vs reslab's training step; with ``extra_paths`` also bf16 autocast and torch.compile."""
     base_model = baseline.resnet(depth)
     base_opt = torch.optim.SGD(base_model.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-4)
@@ -121,9 +119,7 @@ def training_case(depth: int, batch: int, steps: int, repeats: int, data, norm, 
         if bfloat16_is_fast():
             paths["reslab_bf16_autocast"] = reslab_steps(fresh(), autocast=True)
         paths["reslab_compiled"] = reslab_steps(torch.compile(fresh()))  # compiles in the warm-up pass
-    result = alternate(paths, repeats)
-    images = steps * batch
-    return _ratio(result, images, f"train resnet{depth} batch {batch}", "images/s")
+    return Case(f"train resnet{depth} batch {batch}", "images/s", steps * batch, paths)
 
 
 def _cycle(dataloader):
@@ -131,8 +127,8 @@ def _cycle(dataloader):
         yield from dataloader
 
 
-def inference_case(name: str, depth_model: Callable, ours_model, batch: int, size: int, repeats: int,
-                   iters: int, label: str) -> dict:
+def inference_case(depth_model: Callable, ours_model, batch: int, size: int, iters: int, label: str,
+                   unit: str = "images/s") -> Case:
     x = torch.randn(batch, 3, size, size)
     base = depth_model().eval()
     eager = optimize_for_inference(ours_model.eval())
@@ -144,33 +140,22 @@ def inference_case(name: str, depth_model: Callable, ours_model, batch: int, siz
             for _ in range(iters):
                 base(x)
 
-    def run_frozen() -> None:
-        with torch.inference_mode():
-            for _ in range(iters):
-                frozen(x_cl)
-
-    def run_eager() -> None:
-        with torch.inference_mode():
-            for _ in range(iters):
-                eager(x_cl)
+    def repeated(model) -> Callable[[], None]:
+        def run() -> None:
+            with torch.inference_mode():
+                for _ in range(iters):
+                    model(x_cl)
+        return run
 
     # reslab: frozen TorchScript (BN folded, oneDNN); also its eager BN-folded path, the same in
     # bfloat16 where the CPU has bf16 instructions (outputs rounded: opt-in), and ONNX Runtime.
-    pair = {"baseline": run_baseline, "reslab": run_frozen, "reslab_eager_folded": run_eager}
+    pair = {"baseline": run_baseline, "reslab": repeated(frozen), "reslab_eager_folded": repeated(eager)}
     if bfloat16_is_fast():
-        half = optimize_for_inference(ours_model.eval(), "bfloat16")
-
-        def run_bf16() -> None:
-            with torch.inference_mode():
-                for _ in range(iters):
-                    half(x_cl)
-
-        pair["reslab_bf16"] = run_bf16
+        pair["reslab_bf16"] = repeated(optimize_for_inference(ours_model.eval(), "bfloat16"))
     onnx = _onnx_runner(eager, x, iters)
     if onnx is not None:
         pair["reslab_onnxruntime"] = onnx
-    result = alternate(pair, repeats)
-    return _ratio(result, batch * iters, label, "images/s")
+    return Case(label, unit, batch * iters, pair)
 
 
 def _onnx_runner(model, x, iters):
@@ -195,11 +180,46 @@ def _onnx_runner(model, x, iters):
     return run
 
 
-def _ratio(result: dict, work: int, label: str, unit: str) -> dict:
-    out = {"case": label, "unit": unit}
+def build_case(key: str, quick: bool, data_root: str | None) -> Case:
+    """Cases by key ("train:20", "infer:20", "latency:20", "infer50") so a probe process can rebuild one."""
+    kind, _, arg = key.partition(":")
+    if kind == "train":
+        depth = int(arg)
+        data, norm = _data(quick, data_root)
+        steps = 2 if quick else max(4, int(40 * 20 / depth))
+        return training_case(depth, 128, steps, data, norm, extra_paths=depth == 20)
+    if kind in ("infer", "latency"):
+        depth = int(arg)
+        model = reslab.create_model(f"resnet{depth}")
+        if kind == "infer":
+            return inference_case(lambda: baseline.resnet(depth), model, 256, 32, 1 if quick else 4,
+                                  f"inference resnet{depth} batch 256")
+        return inference_case(lambda: baseline.resnet(depth), model, 1, 32, 5 if quick else 100,
+                              f"latency resnet{depth} batch 1", unit="ms/image")
+    if kind == "infer50":
+        # ResNet-50 at 224x224: the "usual code" here is a plain eval-mode forward of the same network.
+        return inference_case(lambda: reslab.create_model("resnet50"), reslab.create_model("resnet50"),
+                              2 if quick else 16, 224, 1 if quick else 3, "inference resnet50 224x224 batch 16")
+    raise ValueError(f"unknown case {key!r}")
+
+
+_DATA: dict = {}
+
+
+def _data(quick: bool, data_root: str | None):
+    if "data" not in _DATA:
+        data, source = cifar_or_synthetic(data_root, n=2048 if quick else 45_000)
+        _DATA.update(data=data, source=source, norm=Normalizer.fit(data.images[:5000]))
+    return _DATA["data"], _DATA["norm"]
+
+
+def time_case(case: Case, repeats: int) -> dict:
+    result = alternate(case.paths, repeats)
+    out = {"case": case.label, "unit": case.unit}
     for name, r in result.items():
-        out[name] = {"per_s": work / r["median_s"], "median_s": r["median_s"], "runs_s": r["runs_s"],
-                     "peak_rss_mb": r["peak_rss_mb"]}
+        out[name] = {"per_s": case.work / r["median_s"], "median_s": r["median_s"], "runs_s": r["runs_s"]}
+        if case.unit == "ms/image":
+            out[name]["ms"] = 1000 / out[name]["per_s"]
     base = out["baseline"]["per_s"]
     for name in result:
         if name != "baseline":
@@ -207,14 +227,28 @@ def _ratio(result: dict, work: int, label: str, unit: str) -> dict:
     return out
 
 
-def latency_case(depth: int, repeats: int, iters: int) -> dict:
-    r = inference_case(f"resnet{depth}", lambda: baseline.resnet(depth), reslab.create_model(f"resnet{depth}"),
-                       1, 32, repeats, iters, f"latency resnet{depth} batch 1")
-    r["unit"] = "ms/image"
-    for k, v in r.items():
-        if isinstance(v, dict):
-            v["ms"] = 1000 / v["per_s"]
-    return r
+def probe_memory(key: str, path: str, quick: bool, data_root: str | None) -> dict:
+    """In a fresh process: build the case, then run only ``path`` (warm-up + one timed call) and
+    report its peak resident memory above what the process held before it ran, and in all."""
+    case = build_case(key, quick, data_root)
+    reset_peak_rss()
+    before = _status_mb("VmRSS")
+    case.paths[path]()
+    case.paths[path]()
+    peak = _status_mb("VmHWM")
+    return {"rss_before_mb": before, "peak_rss_mb": peak, "peak_added_mb": peak - before}
+
+
+def measure_memory(key: str, paths: list[str], quick: bool, data_root: str | None) -> dict[str, dict]:
+    out = {}
+    for path in paths:
+        command = [sys.executable, __file__, "--probe", key, path] + (["--quick"] if quick else []) + \
+                  (["--data-root", data_root] if data_root else [])
+        run = subprocess.run(command, capture_output=True, text=True)
+        if run.returncode != 0:
+            raise RuntimeError(f"memory probe {key} {path} failed: {run.stderr.strip().splitlines()[-1:]}")
+        out[path] = json.loads(run.stdout.strip().splitlines()[-1])
+    return out
 
 
 def profile_step(data, norm, steps: int = 5) -> dict:
@@ -286,37 +320,39 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--data-root")
     parser.add_argument("--depths", default="20,56,110")
+    parser.add_argument("--no-memory", action="store_true", help="skip the per-path memory probes")
+    parser.add_argument("--probe", nargs=2, metavar=("CASE", "PATH"), help=argparse.SUPPRESS)
     parser.add_argument("--out", default=str(Path(__file__).parent / "results" / "speed.json"))
     args = parser.parse_args()
     quick = args.quick
+    if args.probe:
+        print(json.dumps(probe_memory(*args.probe, quick, args.data_root)))
+        return
     repeats = 1 if quick else args.repeats
-    data, source = cifar_or_synthetic(args.data_root, n=2048 if quick else 45_000)
-    norm = Normalizer.fit(data.images[:5000])
     depths = [int(d) for d in args.depths.split(",")]
+    keys = [f"train:{d}" for d in depths]
+    keys += [f"{kind}:{d}" for d in depths if d in (20, 56) for kind in ("infer", "latency")]
+    keys.append("infer50")
     cases = []
-    for depth in depths:
-        steps = 2 if quick else max(4, int(40 * 20 / depth))
-        cases.append(training_case(depth, 128, steps, repeats, data, norm, extra_paths=depth == 20))
+    for key in keys:
+        case = build_case(key, quick, args.data_root)
+        result = time_case(case, repeats)
+        del case  # free this case's models before the next one is built
+        if not args.no_memory:
+            for path, memory in measure_memory(key, [k for k in result if isinstance(result[k], dict)], quick,
+                                               args.data_root).items():
+                result[path]["memory"] = memory
+        cases.append(result)
         print(_line(cases[-1]), flush=True)
-    for depth in [d for d in depths if d in (20, 56)]:
-        cases.append(inference_case(f"resnet{depth}", lambda d=depth: baseline.resnet(d),
-                                    reslab.create_model(f"resnet{depth}"), 256, 32, repeats,
-                                    1 if quick else 4, f"inference resnet{depth} batch 256"))
-        print(_line(cases[-1]), flush=True)
-        cases.append(latency_case(depth, repeats, 5 if quick else 100))
-        print(_line(cases[-1]), flush=True)
-    # ResNet-50 at 224x224: the "usual code" here is a plain eval-mode forward of the same network.
-    cases.append(inference_case("resnet50", lambda: reslab.create_model("resnet50"), reslab.create_model("resnet50"),
-                                2 if quick else 16, 224, repeats, 1 if quick else 3, "inference resnet50 224x224 batch 16"))
-    print(_line(cases[-1]), flush=True)
+    data, norm = _data(quick, args.data_root)
     prof = profile_step(data, norm, 2 if quick else 5)
     rate = gemm_rate()
     flops = summarize("resnet20").flops
     floor = {"gemm_mult_adds_per_s": rate, "resnet20_forward_mult_adds": flops,
              "training_mult_adds_per_image": 3 * flops,
              "training_images_per_s_floor": rate / (3 * flops), "inference_images_per_s_floor": rate / flops}
-    result = {"benchmark": "speed", "data": source, "repeats": repeats, "quick": quick, "machine": machine(),
-              "cases": cases, "profile_resnet20_step": prof, "arithmetic_floor": floor}
+    result = {"benchmark": "speed", "data": _DATA["source"], "repeats": repeats, "quick": quick,
+              "machine": machine(), "cases": cases, "profile_resnet20_step": prof, "arithmetic_floor": floor}
     write_json(result, Path(args.out))
     print(f"\nprofile of one ResNet-20 training step ({1000 * prof['wall_s_per_step']:.0f} ms):")
     for k, v in prof["categories_s"].items():
