@@ -80,12 +80,17 @@ def test_checkpoint_round_trip(tmp_path):
 def test_paper_recipe_is_sec_4_2():
     c = resolve("paper", overrides={"model": "resnet56"})
     assert (c.optimizer, c.lr, c.momentum, c.weight_decay, c.batch_size) == ("sgd", 0.1, 0.9, 1e-4, 128)
-    assert (c.iterations, c.milestones, c.warmup_until_error) == (64_000, [32_000, 48_000], None)
+    assert (c.iterations, c.milestones, c.warmup_until_error) == (64_000, [0.5, 0.75], None)
     assert resolve("paper", overrides={"model": "resnet110"}).warmup_until_error == 0.8
     s = schedule_for(c, c.iterations)
     assert [s(t) for t in (0, 31_999, 32_000, 47_999, 48_000, 63_999)] == pytest.approx(
         [0.1, 0.1, 0.01, 0.01, 0.001, 0.001])
     assert s(10, warming_up=True) == 0.01
+    # Shortened with --epochs, the milestones stay at half and three quarters of the run.
+    short = schedule_for(resolve("paper", overrides={"epochs": 10, "iterations": None}), 3520)
+    assert [short(t) for t in (1759, 1760, 2639, 2640)] == pytest.approx([0.1, 0.01, 0.01, 0.001])
+    with pytest.raises(ConfigError, match="all steps .* or all fractions"):
+        resolve("paper", overrides={"milestones": [0.5, 30_000]})
 
 
 def test_onecycle_and_cosine_shapes():

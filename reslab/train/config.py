@@ -52,7 +52,9 @@ class TrainConfig:
     iterations: int | None = 64_000  # total optimizer steps; wins over epochs when both are set
     epochs: float | None = None
     schedule: str = "multistep"
-    milestones: list[int] = field(default_factory=lambda: [32_000, 48_000])  # multistep, in iterations
+    # multistep: steps at which lr *= gamma; values below 1 are fractions of the run (0.5 = halfway),
+    # so the paper recipe's [0.5, 0.75] is 32k/48k of 64k and still fits when the run is shortened.
+    milestones: list[float] = field(default_factory=lambda: [0.5, 0.75])
     gamma: float = 0.1
     warmup_iterations: int = 0  # linear ramp from warmup_start_factor * lr (any schedule)
     warmup_fraction: float = 0.0  # the same as a fraction of all iterations (used when warmup_iterations is 0)
@@ -101,6 +103,9 @@ class TrainConfig:
         need(self.channels in (1, 3), f"channels must be 1 or 3, got {self.channels!r}")
         need(self.normalize in ("channel", "pixel"), f"normalize must be channel or pixel, got {self.normalize!r}")
         need(list(self.milestones) == sorted(self.milestones), f"milestones must be increasing, got {self.milestones}")
+        need(all(m > 0 for m in self.milestones) and (all(m < 1 for m in self.milestones)
+                                                      or all(float(m).is_integer() for m in self.milestones)),
+             f"milestones are all steps (whole numbers) or all fractions of the run (below 1), got {self.milestones}")
         need(isinstance(self.model_options, dict), "model_options must be a mapping")
         return self
 

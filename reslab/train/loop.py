@@ -37,7 +37,7 @@ from .config import TrainConfig
 from .evaluate import evaluate
 from .history import TensorBoard, write_history
 from .progress import Progress, format_seconds
-from .schedules import schedule_for
+from .schedules import milestone_steps, schedule_for
 
 SYNC_EVERY = 25  # steps between host syncs (progress bar, NaN check): no per-step .item()
 WARMUP_WINDOW = 10  # batches averaged when deciding the paper's ResNet-110 warm-up is over
@@ -242,10 +242,10 @@ def _fit(config: TrainConfig, device: torch.device, ctx: distributed.DistContext
                                       "per_process_batch": config.batch_size // ctx.world_size,
                                       "accumulation": config.accumulation, "lr": config.lr,
                                       "torch": torch.__version__}, indent=2) + "\n", run_dir / "run.json")
-    if config.schedule == "multistep" and any(m >= total_steps for m in config.milestones):
-        # e.g. the paper recipe (milestones 32k/48k) shortened with --epochs: the lr never drops.
+    if config.schedule == "multistep" and any(m >= total_steps for m in milestone_steps(config.milestones, total_steps)):
+        # e.g. milestones given in steps, then the run shortened with --epochs: the lr never drops.
         log.line(f"warning: lr milestones {config.milestones} lie beyond this run's {total_steps:,} steps; "
-                 f"set --set milestones=[...] to scale them")
+                 f"give them as fractions of the run instead, e.g. --set milestones=[0.5,0.75]")
     log.line(f"run {run_dir}: {spec.name} on {train_data.name} ({len(train_data):,} images), "
              f"{total_steps:,} steps of batch {config.batch_size} on {device}"
              + (f" x {ctx.world_size} processes" if ctx.enabled else "")

@@ -16,7 +16,7 @@ def _paper(model: str) -> dict[str, Any]:
     values: dict[str, Any] = dict(
         optimizer="sgd", lr=0.1, momentum=0.9, nesterov=False, weight_decay=1e-4, no_decay_bn_bias=False,
         label_smoothing=0.0, batch_size=128, iterations=64_000, epochs=None, schedule="multistep",
-        milestones=[32_000, 48_000], gamma=0.1, warmup_iterations=0, warmup_fraction=0.0, warmup_until_error=None,
+        milestones=[0.5, 0.75], gamma=0.1, warmup_iterations=0, warmup_fraction=0.0, warmup_until_error=None,
         warmup_lr=0.01, normalize="pixel",
     )
     match = re.fullmatch(r"(resnet|plain)(\d+)", model)

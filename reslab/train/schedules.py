@@ -43,7 +43,14 @@ class Schedule:
         raise ValueError(f"unknown schedule {self.kind!r}")
 
 
+def milestone_steps(milestones, total_steps: int) -> tuple[int, ...]:
+    """Milestones in steps: fractions of the run (all below 1) scaled by ``total_steps``, else as given."""
+    if milestones and all(m < 1 for m in milestones):
+        return tuple(round(m * total_steps) for m in milestones)
+    return tuple(int(m) for m in milestones)
+
+
 def schedule_for(config, total_steps: int) -> Schedule:
     warmup = config.warmup_iterations or round(config.warmup_fraction * total_steps)
-    return Schedule(config.schedule, config.lr, total_steps, tuple(config.milestones), config.gamma,
-                    warmup, config.warmup_start_factor, config.warmup_lr)
+    return Schedule(config.schedule, config.lr, total_steps, milestone_steps(config.milestones, total_steps),
+                    config.gamma, warmup, config.warmup_start_factor, config.warmup_lr)
