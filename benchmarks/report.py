@@ -15,7 +15,7 @@ def speed_tables(result: dict) -> str:
     lines = [f"Machine: {m['processor']}, {m['cpus']} CPUs, {m['platform']}; torch {m['torch']}, "
              f"{m['threads']} threads. Data: {result['data']}. Median of {result['repeats']} alternating repetitions "
              "after warm-up.", "",
-             "| case | baseline | reslab | ratio | other reslab paths | memory MB, baseline / reslab |",
+             "| case | baseline | reslab | ratio | other reslab paths | memory, baseline / reslab |",
              "|---|---|---|---|---|---|"]
     for case in result["cases"]:
         ms = case["unit"] == "ms/image"
@@ -23,9 +23,9 @@ def speed_tables(result: dict) -> str:
         def value(entry: dict) -> str:
             return f"{entry['ms']:.2f} ms" if ms else f"{entry['per_s']:.0f} img/s"
 
-        others = ", ".join(f"{k.removeprefix('reslab_')}: {value(v)} ({v['ratio']:.2f}x)"
+        others = ", ".join(f"{k.removeprefix('reslab_')}: {value(v)} ({v['ratio']:.2f}x{_memory(v, ', ')})"
                            for k, v in case.items() if isinstance(v, dict) and k not in ("baseline", "reslab"))
-        peaks = " / ".join(_memory(case[k]) for k in ("baseline", "reslab")) if "memory" in case["baseline"] else ""
+        peaks = " / ".join(_memory(case[k]) or "?" for k in ("baseline", "reslab"))
         lines.append(f"| {case['case']} | {value(case['baseline'])} | {value(case['reslab'])} | "
                      f"**{case['reslab']['ratio']:.2f}x** | {others} | {peaks} |")
     prof = result["profile_resnet20_step"]
@@ -42,10 +42,10 @@ def speed_tables(result: dict) -> str:
     return "\n".join(lines)
 
 
-def _memory(entry: dict) -> str:
-    """Peak RSS the path added in its own process (and the process's whole peak)."""
-    m = entry["memory"]
-    return f"{m['peak_added_mb']:.0f} ({m['peak_rss_mb']:.0f})"
+def _memory(entry: dict, prefix: str = "") -> str:
+    """Peak RSS the path added in its own process (and the process's whole peak) in MB; "" if unmeasured."""
+    m = entry.get("memory")
+    return f"{prefix}{m['peak_added_mb']:.0f} ({m['peak_rss_mb']:.0f}) MB" if m else ""
 
 
 def memory_note() -> str:
@@ -70,7 +70,11 @@ def data_table(result: dict) -> str:
 def main() -> None:
     for path in sys.argv[1:]:
         result = json.loads(Path(path).read_text())
-        print(speed_tables(result) + "\n\n" + memory_note() if result["benchmark"] == "speed" else data_table(result))
+        if result["benchmark"] != "speed":
+            print(data_table(result))
+        else:
+            measured = any("memory" in v for case in result["cases"] for v in case.values() if isinstance(v, dict))
+            print(speed_tables(result) + ("\n\n" + memory_note() if measured else ""))
         print()
 
 

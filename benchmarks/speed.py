@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import statistics
 import subprocess
 import sys
@@ -118,7 +119,8 @@ def training_case(depth: int, batch: int, steps: int, data, norm, extra_paths: b
     if extra_paths:
         if bfloat16_is_fast():
             paths["reslab_bf16_autocast"] = reslab_steps(fresh(), autocast=True)
-        paths["reslab_compiled"] = reslab_steps(torch.compile(fresh()))  # compiles in the warm-up pass
+        if shutil.which("cc") or shutil.which("gcc"):  # inductor compiles C++ on CPU
+            paths["reslab_compiled"] = reslab_steps(torch.compile(fresh()))  # compiles in the warm-up pass
     return Case(f"train resnet{depth} batch {batch}", "images/s", steps * batch, paths)
 
 
@@ -204,6 +206,7 @@ def build_case(key: str, quick: bool, data_root: str | None) -> Case:
 
 
 _DATA: dict = {}
+PROBE_TIMEOUT_S = 900
 
 
 def _data(quick: bool, data_root: str | None):
@@ -227,27 +230,40 @@ def time_case(case: Case, repeats: int) -> dict:
     return out
 
 
-def probe_memory(key: str, path: str, quick: bool, data_root: str | None) -> dict:
-    """In a fresh process: build the case, then run only ``path`` (warm-up + one timed call) and
-    report its peak resident memory above what the process held before it ran, and in all."""
+def probe_memory(key: str, path: str, quick: bool, data_root: str | None) -> dict | None:
+    """In a fresh process: build the case, then run only ``path`` twice (the first call is its
+    warm-up, which for the compiled path includes compiling) and report its peak resident memory
+    above what the process held before it ran, and the process's whole peak. None off Linux."""
     case = build_case(key, quick, data_root)
     reset_peak_rss()
     before = _status_mb("VmRSS")
     case.paths[path]()
     case.paths[path]()
     peak = _status_mb("VmHWM")
+    if peak is None or before is None:
+        return None
     return {"rss_before_mb": before, "peak_rss_mb": peak, "peak_added_mb": peak - before}
 
 
 def measure_memory(key: str, paths: list[str], quick: bool, data_root: str | None) -> dict[str, dict]:
+    """Each path's memory from its own process (a shared process would reuse what others freed)."""
     out = {}
     for path in paths:
         command = [sys.executable, __file__, "--probe", key, path] + (["--quick"] if quick else []) + \
                   (["--data-root", data_root] if data_root else [])
-        run = subprocess.run(command, capture_output=True, text=True)
-        if run.returncode != 0:
-            raise RuntimeError(f"memory probe {key} {path} failed: {run.stderr.strip().splitlines()[-1:]}")
-        out[path] = json.loads(run.stdout.strip().splitlines()[-1])
+        try:
+            run = subprocess.run(command, capture_output=True, text=True, timeout=PROBE_TIMEOUT_S)
+        except subprocess.TimeoutExpired:
+            print(f"memory probe {key} {path}: no result within {PROBE_TIMEOUT_S} s", file=sys.stderr)
+            continue
+        lines = run.stdout.strip().splitlines()
+        if run.returncode != 0 or not lines:
+            last = (run.stderr.strip().splitlines() or ["no output"])[-1]
+            print(f"memory probe {key} {path} failed: {last}", file=sys.stderr)
+            continue
+        memory = json.loads(lines[-1])
+        if memory is not None:
+            out[path] = memory
     return out
 
 

@@ -200,7 +200,8 @@ def cmd_eval(args: argparse.Namespace) -> None:
 
         confusion_matrix(confusion, checkpoint.classes, args.confusion_png)
     if args.json:
-        print(json.dumps({"checkpoint": str(checkpoint.path), "data": arrays.name, "examples": int(result.count),
+        print(json.dumps({"checkpoint": str(checkpoint.path), "data": arrays.name, "precision": args.precision,
+                          "examples": int(result.count),
                           "loss": result.loss, "top1_error": result.error, "top5_error": result.top5_error,
                           "per_class_accuracy": dict(zip(checkpoint.classes, per_class)),
                           "confusion": confusion, "classes": checkpoint.classes}, indent=2))
@@ -376,6 +377,12 @@ def cmd_deepen(args: argparse.Namespace) -> None:
     print(f"wrote {out}; continue training with: reslab train --init-from {out} --data {config.get('data')}")
 
 
+def _add_precision_flag(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--precision", choices=["float32", "bfloat16"], default="float32",
+                   help="bfloat16: BN-folded weights in bf16; faster where the CPU has AVX512_BF16/AMX "
+                        "(see docs/performance.md), outputs rounded to bf16")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="reslab", description="Deep residual networks: build, train, study, use.")
     parser.add_argument("--version", action="version", version=f"reslab {__version__}")
@@ -416,8 +423,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data-root", help="where named datasets live")
     p.add_argument("--split", default="val", choices=["train", "val", "trainval", "test"])
     p.add_argument("--confusion-png", metavar="PATH", help="also draw the confusion matrix")
-    p.add_argument("--precision", choices=["float32", "bfloat16"], default="float32",
-                   help="bfloat16: about 2x faster on CPUs with AVX512_BF16/AMX and on GPUs, outputs rounded")
+    _add_precision_flag(p)
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_eval)
 
@@ -427,8 +433,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("paths", nargs="+", metavar="[CHECKPOINT] IMAGE", help="a checkpoint or run folder, then images or folders")
     p.add_argument("--model", help="a bundled model instead of a checkpoint (see `reslab models`)")
     p.add_argument("--top-k", type=int, default=3)
-    p.add_argument("--precision", choices=["float32", "bfloat16"], default="float32",
-                   help="bfloat16: about 2x faster on CPUs with AVX512_BF16/AMX and on GPUs, outputs rounded")
+    _add_precision_flag(p)
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_predict)
 

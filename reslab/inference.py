@@ -58,7 +58,7 @@ def bfloat16_is_fast(device: str | torch.device = "cpu") -> bool:
         return False
 
 
-class CastInput(nn.Module):
+class RunInDtype(nn.Module):
     """Runs ``net`` in its own dtype on float32 inputs and returns float32 outputs."""
 
     def __init__(self, net: nn.Module, dtype: torch.dtype):
@@ -70,14 +70,14 @@ class CastInput(nn.Module):
 
 
 def optimize_for_inference(model: nn.Module, precision: str = "float32") -> nn.Module:
-    """BN folded, channels_last weights, eval mode; optionally bfloat16. Call it under
-    ``torch.inference_mode()``. Takes and returns float32 tensors whatever the precision."""
+    """BN folded, channels_last weights, eval mode; optionally bfloat16. Takes and returns float32
+    tensors whatever the precision (run it under ``torch.inference_mode()`` for speed)."""
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
     folded = fold_batchnorm(model).to(memory_format=torch.channels_last)
     if precision == "float32":
         return folded
-    return CastInput(folded.to(PRECISIONS[precision]), PRECISIONS[precision]).eval()
+    return RunInDtype(folded.to(PRECISIONS[precision]), PRECISIONS[precision]).eval()
 
 
 def frozen_for_inference(model: nn.Module, example: torch.Tensor) -> torch.jit.ScriptModule:

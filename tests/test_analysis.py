@@ -2,6 +2,11 @@
 
 import json
 import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -9,6 +14,7 @@ import yaml
 from torch import nn
 
 import reslab
+from reslab.analysis import experiments
 from reslab.analysis.deepen import deepen, max_output_difference
 from reslab.analysis.experiments import (ExperimentSettings, Member, _member_config, degradation, run_members,
                                         shortcuts, table6)
@@ -151,9 +157,21 @@ def test_parallel_members_finish_and_a_failing_member_is_named(tmp_path):
     settings = ExperimentSettings(out=tmp_path / "par", jobs=2, **TINY)
     members = [Member(f"resnet{d}", "resnet", d, 0, {"model": "resnet", "model_options": {"depth": d}})
                for d in (8, 14)]
-    histories = run_members(settings, members)
+    started = []
+    real_popen = experiments.subprocess.Popen
+
+    def recording_popen(command, **kw):
+        started.append(Path(command[command.index("--config") + 1]).parent.name)
+        return real_popen(command, **kw)
+
+    experiments.subprocess.Popen = recording_popen
+    try:
+        histories = run_members(settings, members + [Member("resnet20", "resnet", 20, 0, {
+            "model": "resnet", "model_options": {"depth": 20}})])
+    finally:
+        experiments.subprocess.Popen = real_popen
+    assert started[:2] == ["resnet20", "resnet14"]  # deepest first, the shallow one fills the free slot
     assert all(h[-1]["step"] == 32 for h in histories.values())
-    assert (tmp_path / "par" / "members" / "resnet14" / "stderr.log").exists()
     # A member whose training fails (depth 9 is not 6n+2) is reported by name with its error line,
     # after the healthy member beside it has finished.
     bad = Member("broken", "resnet", 9, 0, {"model": "resnet", "model_options": {"depth": 9}})
@@ -161,3 +179,25 @@ def test_parallel_members_finish_and_a_failing_member_is_named(tmp_path):
     with pytest.raises(ConfigError, match=r"members failed: broken: .*6n\+2"):
         run_members(settings, [bad, good])
     assert (tmp_path / "par" / "members" / "resnet8b" / "summary.json").exists()
+
+
+def test_ctrl_c_stops_parallel_members_with_checkpoints_and_a_rerun_finishes(tmp_path):
+    out = tmp_path / "int"
+    command = [sys.executable, "-m", "reslab", "experiment", "shortcuts", "--depth", "8", "--data", "digits",
+               "--budget", "0.005", "--jobs", "2", "--set", "batch_size=64", "--set", "eval_every=1000",
+               "--out", str(out), "--quiet"]
+    parent = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    members = out / "members"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and len(list(members.glob("*/run.json"))) < 2:  # both training
+        time.sleep(0.1)
+    time.sleep(0.5)
+    parent.send_signal(signal.SIGINT)
+    _, err = parent.communicate(timeout=120)
+    assert parent.returncode == 130 and "interrupted" in err
+    stopped = [d for d in members.iterdir() if (d / "last.pt").exists() and not (d / "summary.json").exists()]
+    assert len(stopped) == 2  # each running member saved a checkpoint when the experiment was stopped
+    rerun = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert rerun.returncode == 0, rerun.stderr
+    histories = json.loads((out / "results.json").read_text())["histories"]
+    assert len(histories) == 4 and all(h[-1]["step"] == 320 for h in histories.values())

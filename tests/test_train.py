@@ -15,9 +15,9 @@ import torch
 from reslab.errors import CheckpointError, ConfigError
 from reslab.fileio import atomic_torch_save
 from reslab.train.checkpoint import load_checkpoint
-from reslab.train.config import TrainConfig, resolve
+from reslab.train.config import TrainConfig, parse_overrides, resolve
 from reslab.train.loop import fit, resume_run
-from reslab.train.schedules import Schedule, schedule_for
+from reslab.train.schedules import Schedule, milestone_steps, schedule_for
 
 pytest.importorskip("sklearn")  # the digits dataset: real data, no download
 
@@ -89,8 +89,13 @@ def test_paper_recipe_is_sec_4_2():
     # Shortened with --epochs, the milestones stay at half and three quarters of the run.
     short = schedule_for(resolve("paper", overrides={"epochs": 10, "iterations": None}), 3520)
     assert [short(t) for t in (1759, 1760, 2639, 2640)] == pytest.approx([0.1, 0.01, 0.01, 0.001])
-    with pytest.raises(ConfigError, match="all steps .* or all fractions"):
-        resolve("paper", overrides={"milestones": [0.5, 30_000]})
+    for bad in ([0.5, 30_000], [0, 100], "0.5", [0.75, 0.5]):
+        with pytest.raises(ConfigError, match="either all steps .* or all fractions"):
+            resolve("paper", overrides=parse_overrides([f"milestones={bad}"]))
+    assert resolve("paper", overrides=parse_overrides(["milestones=[0.25,0.5]"])).milestones == [0.25, 0.5]
+    # Old configs with steps keep their meaning; fractions of a tiny run stay inside it.
+    assert milestone_steps([32_000, 48_000], 1000) == (32_000, 48_000)
+    assert milestone_steps([0.5, 0.75], 3) == (2, 2) and milestone_steps([0.01], 10) == (1,)
 
 
 def test_onecycle_and_cosine_shapes():
@@ -185,6 +190,11 @@ def test_cli_eval_predict_export(trained, tmp_path):
     assert result.returncode == 0, result.stderr
     data = json.loads(result.stdout)
     assert data["examples"] == 179 and 0 <= data["top1_error"] < 0.5 and len(data["confusion"]) == 10
+    half = run_cli("eval", str(trained), "--json", "--precision", "bfloat16")
+    assert half.returncode == 0, half.stderr
+    half = json.loads(half.stdout)
+    assert half["precision"] == "bfloat16" and abs(half["top1_error"] - data["top1_error"]) <= 2 / 179
+    assert half["loss"] != data["loss"]  # it really ran in bf16
     assert (tmp_path / "cm.png").stat().st_size > 1000
     from PIL import Image
 

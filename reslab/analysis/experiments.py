@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import statistics
 import subprocess
 import sys
@@ -30,9 +31,11 @@ from ..tables import format_table
 from ..train.config import resolve
 from ..train.history import read_history
 from ..train.loop import fit, resume_run
+from ..train.schedules import milestone_steps
 
-PAPER_ITERATIONS, PAPER_MILESTONES = 64_000, (32_000, 48_000)
+PAPER_ITERATIONS = 64_000
 POLL_S = 1.0  # how often a parallel experiment checks whether a member finished
+STOP_WAIT_S = 60  # how long an interrupted member may take to write its checkpoint
 
 
 @dataclass(frozen=True)
@@ -62,10 +65,8 @@ class ExperimentSettings:
         values: dict[str, Any] = {"data": self.data, "eval_split": self.eval_split}
         if self.data_root:
             values["data_root"] = self.data_root
-        if self.recipe == "paper":
-            iterations = max(1, round(PAPER_ITERATIONS * self.budget))
-            values.update(iterations=iterations, epochs=None,
-                          milestones=[max(1, round(m * self.budget)) for m in PAPER_MILESTONES])
+        if self.recipe == "paper":  # its milestones are fractions of the run, so they scale too
+            values.update(iterations=max(1, round(PAPER_ITERATIONS * self.budget)), epochs=None)
         return {**values, **self.extra}
 
 
@@ -122,8 +123,28 @@ def _run_parallel(settings: ExperimentSettings, pending: list[Member], configs: 
     instead of leaving one slot idle at the end. Each member's stderr goes to its run folder.
     """
     queue = sorted(pending, key=lambda m: -m.depth)
-    running: list[tuple[Member, subprocess.Popen, Any]] = []
-    failures = []
+    running: list[tuple[Member, subprocess.Popen, Any, int]] = []
+    failures: list[str] = []
+    try:
+        _drive(settings, queue, running, configs, failures)
+    finally:  # interrupted (Ctrl-C) or failed to start one: stop the others, each checkpoints and exits
+        for _, proc, err, _ in running:
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGINT)
+        for _, proc, err, _ in running:
+            try:
+                proc.wait(timeout=STOP_WAIT_S)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+            err.close()
+    if failures:
+        raise ConfigError("members failed: " + "; ".join(failures))
+
+
+def _drive(settings: ExperimentSettings, queue: list[Member], running: list, configs: dict,
+           failures: list[str]) -> None:
+    """Start queued members while slots are free; collect those that finish (removing them from ``running``)."""
     while queue or running:
         while queue and len(running) < settings.jobs:
             m = queue.pop(0)
@@ -136,22 +157,28 @@ def _run_parallel(settings: ExperimentSettings, pending: list[Member], configs: 
                 atomic_write_text(configs[m.name].dump(), config_file)
                 args = ["--config", str(config_file)]
             command = [sys.executable, "-m", "reslab", "train", *args, "--quiet"]
-            err = open(run_dir / "stderr.log", "a+")
-            running.append((m, subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=err), err))
+            err = open(run_dir / "stderr.log", "a+", errors="replace")
+            start = err.seek(0, os.SEEK_END)  # this attempt's messages begin here (a resumed member appends)
+            try:
+                # Own session: a Ctrl-C reaches only this process, which forwards exactly one SIGINT
+                # (a trainer's second SIGINT would abort it before it saves).
+                proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=err, start_new_session=True)
+            except OSError:
+                err.close()
+                raise
+            running.append((m, proc, err, start))
         finished = [entry for entry in running if entry[1].poll() is not None]
         if not finished:
             time.sleep(POLL_S)
             continue
         for entry in finished:
             running.remove(entry)
-            m, proc, err = entry
+            m, proc, err, start = entry
             if proc.returncode != 0:
-                err.seek(0)
+                err.seek(start)
                 last_line = err.read().strip().splitlines()[-1:] or [f"exit status {proc.returncode}"]
                 failures.append(f"{m.name}: {last_line[0]}")
             err.close()
-    if failures:
-        raise ConfigError("members failed: " + "; ".join(failures))
 
 
 def _final(history: list[dict[str, Any]], key: str) -> float | None:
@@ -164,10 +191,11 @@ def _pct(value: float | None) -> str:
 
 
 def _budget_note(settings: ExperimentSettings) -> str:
-    o = settings.overrides()
-    if settings.recipe == "paper":
-        return (f"Schedule: the paper's (Sec. 4.2) at budget {settings.budget:g}: {o['iterations']:,} iterations, "
-                f"lr /10 at {o['milestones'][0]:,} and {o['milestones'][1]:,}"
+    config = resolve(settings.recipe, overrides=settings.overrides())
+    if settings.recipe == "paper" and config.iterations:
+        drops = " and ".join(f"{m:,}" for m in milestone_steps(config.milestones, config.iterations))
+        return (f"Schedule: the paper's (Sec. 4.2) at budget {settings.budget:g}: {config.iterations:,} iterations, "
+                f"lr /10 at {drops}"
                 + (" (REDUCED BUDGET: the paper trains 64,000 iterations)" if settings.budget < 1 else "")
                 + f". Data: {settings.data}, evaluated on its {settings.eval_split} split.")
     return f"Recipe: {settings.recipe}. Data: {settings.data}, evaluated on its {settings.eval_split} split."

@@ -102,10 +102,13 @@ class TrainConfig:
              "train_split trainval includes the validation images; evaluate on test (or none)")
         need(self.channels in (1, 3), f"channels must be 1 or 3, got {self.channels!r}")
         need(self.normalize in ("channel", "pixel"), f"normalize must be channel or pixel, got {self.normalize!r}")
-        need(list(self.milestones) == sorted(self.milestones), f"milestones must be increasing, got {self.milestones}")
-        need(all(m > 0 for m in self.milestones) and (all(m < 1 for m in self.milestones)
-                                                      or all(float(m).is_integer() for m in self.milestones)),
-             f"milestones are all steps (whole numbers) or all fractions of the run (below 1), got {self.milestones}")
+        milestones = self.milestones
+        need(isinstance(milestones, (list, tuple)) and all(
+            isinstance(m, (int, float)) and not isinstance(m, bool) and m > 0 for m in milestones)
+             and list(milestones) == sorted(milestones)
+             and (all(m < 1 for m in milestones) or all(float(m).is_integer() for m in milestones)),
+             "milestones must be an increasing list of positive numbers, either all steps (whole numbers) "
+             f"or all fractions of the run (below 1), e.g. [0.5, 0.75] or [32000, 48000]; got {milestones!r}")
         need(isinstance(self.model_options, dict), "model_options must be a mapping")
         return self
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import bisect
 import math
 from dataclasses import dataclass
+from typing import Sequence
 
 
 @dataclass(frozen=True)
@@ -43,10 +44,11 @@ class Schedule:
         raise ValueError(f"unknown schedule {self.kind!r}")
 
 
-def milestone_steps(milestones, total_steps: int) -> tuple[int, ...]:
-    """Milestones in steps: fractions of the run (all below 1) scaled by ``total_steps``, else as given."""
+def milestone_steps(milestones: Sequence[float], total_steps: int) -> tuple[int, ...]:
+    """Milestones in steps: fractions of the run (all below 1) scaled by ``total_steps`` (and kept
+    inside the run, so a tiny run still drops), else taken as steps."""
     if milestones and all(m < 1 for m in milestones):
-        return tuple(round(m * total_steps) for m in milestones)
+        return tuple(min(max(1, round(m * total_steps)), max(1, total_steps - 1)) for m in milestones)
     return tuple(int(m) for m in milestones)
 
 
