@@ -201,3 +201,19 @@ def test_ctrl_c_stops_parallel_members_with_checkpoints_and_a_rerun_finishes(tmp
     assert rerun.returncode == 0, rerun.stderr
     histories = json.loads((out / "results.json").read_text())["histories"]
     assert len(histories) == 4 and all(h[-1]["step"] == 320 for h in histories.values())
+
+
+def test_degradation_verdict_says_what_the_numbers_show():
+    from reslab.analysis.experiments import _degradation_verdict
+
+    def h(train_error):
+        return [{"train_error": train_error, "eval_error": train_error}]
+
+    paper_like = _degradation_verdict([20, 56], {"plain20": h(0.10), "plain56": h(0.15),
+                                                 "resnet20": h(0.08), "resnet56": h(0.05)})
+    assert "deeper is worse, the degradation" in paper_like and "deeper is no worse, as in the paper" in paper_like
+    assert "10.00 points below the plain net's" in paper_like
+    short = _degradation_verdict([20, 56], {"plain20": h(0.30), "plain56": h(0.25),
+                                            "resnet20": h(0.20), "resnet56": h(0.40)})
+    assert "deeper is NOT worse here" in short and "deeper is worse at this budget" in short
+    assert "15.00 points above the plain net's, unlike the paper" in short

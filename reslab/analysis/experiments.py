@@ -255,7 +255,14 @@ def _degradation_verdict(depths: list[int], histories: dict[str, list[dict[str, 
     if None not in rt:
         better = rt[1] <= rt[0]
         lines.append(f"ResNet: training error {_pct(rt[0])}% at depth {shallow} vs {_pct(rt[1])}% at depth {deep}: "
-                     + ("deeper is no worse, as in the paper." if better else "deeper is worse at this budget."))
+                     + ("deeper is no worse, as in the paper." if better else
+                        "deeper is worse at this budget; in the paper the deeper ResNet is better after the full "
+                        "64k iterations, so a reduced budget may stop before it catches up."))
+    if None not in pt and None not in rt:
+        gap = pt[1] - rt[1]
+        lines.append(f"At depth {deep} the ResNet's training error is {100 * abs(gap):.2f} points "
+                     + ("below the plain net's: residual learning eases the optimisation, as in the paper."
+                        if gap > 0 else "above the plain net's, unlike the paper."))
     return "\n\n".join(lines)
 
 
