@@ -266,3 +266,11 @@ def test_a_new_run_never_overwrites_an_existing_one(tmp_path):
     with pytest.raises(ConfigError, match="already holds a run"):
         fit(tiny_config(tmp_path / "run", epochs=1), quiet=True)
     assert (tmp_path / "run" / "last.pt").read_bytes() == before
+
+
+def test_cpu_bf16_autocast_trains_and_differs_from_float32(tmp_path):
+    full = fit(tiny_config(tmp_path / "fp32", epochs=2), quiet=True)
+    half = fit(tiny_config(tmp_path / "bf16", epochs=2, cpu_bf16=True), quiet=True)
+    assert half.status == "finished" and half.history[-1]["eval_error"] < 0.6  # it learns (10 classes)
+    assert half.history[0]["train_loss"] != full.history[0]["train_loss"]  # autocast really ran
+    assert load_checkpoint(tmp_path / "bf16" / "last.pt").config["cpu_bf16"] is True

@@ -222,7 +222,7 @@ def _fit(config: TrainConfig, device: torch.device, ctx: distributed.DistContext
         optimizer.load_state_dict(checkpoint.optimizer_state)
     train_module = distributed.wrap(model, ctx, device, config.sync_bn)
     forward = torch.compile(train_module) if config.compile else train_module
-    use_amp = config.amp and device.type == "cuda"
+    use_amp = (config.amp and device.type == "cuda") or (config.cpu_bf16 and device.type == "cpu")
     total_steps = config.iterations or math.ceil(config.epochs * len(loader))
     schedule = schedule_for(config, total_steps)
 
