@@ -93,6 +93,9 @@ def test_paper_recipe_is_sec_4_2():
         with pytest.raises(ConfigError, match="either all steps .* or all fractions"):
             resolve("paper", overrides=parse_overrides([f"milestones={bad}"]))
     assert resolve("paper", overrides=parse_overrides(["milestones=[0.25,0.5]"])).milestones == [0.25, 0.5]
+    with pytest.raises(ConfigError, match="cpu_bf16 must be true or false, got 'maybe'"):
+        resolve("fast", overrides=parse_overrides(["cpu_bf16=maybe"]))
+    assert resolve("fast", overrides=parse_overrides(["augment=false"])).augment is False
     # Old configs with steps keep their meaning; fractions of a tiny run stay inside it.
     assert milestone_steps([32_000, 48_000], 1000) == (32_000, 48_000)
     assert milestone_steps([0.5, 0.75], 3) == (2, 2) and milestone_steps([0.01], 10) == (1,)

@@ -83,6 +83,9 @@ class TrainConfig:
             if not ok:
                 raise ConfigError(message)
 
+        for f in dataclasses.fields(self):  # a switch given as "yes" or "maybe" would read as on
+            if isinstance(f.default, bool):
+                need(isinstance(getattr(self, f.name), bool), f"{f.name} must be true or false, got {getattr(self, f.name)!r}")
         need(self.schedule in SCHEDULES, f"schedule must be one of {', '.join(SCHEDULES)}, got {self.schedule!r}")
         need(self.optimizer in OPTIMIZERS, f"optimizer must be one of {', '.join(OPTIMIZERS)}, got {self.optimizer!r}")
         need(self.device in DEVICES, f"device must be one of {', '.join(DEVICES)}, got {self.device!r}")
