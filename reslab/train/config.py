@@ -14,6 +14,7 @@ from typing import Any
 import yaml
 
 from ..errors import ConfigError
+from .schedules import milestones_are_fractions
 
 SCHEDULES = ("multistep", "onecycle", "cosine", "constant")
 OPTIMIZERS = ("sgd", "adamw")
@@ -108,13 +109,9 @@ class TrainConfig:
              "train_split trainval includes the validation images; evaluate on test (or none)")
         need(self.channels in (1, 3), f"channels must be 1 or 3, got {self.channels!r}")
         need(self.normalize in ("channel", "pixel"), f"normalize must be channel or pixel, got {self.normalize!r}")
-        milestones = self.milestones
-        need(isinstance(milestones, (list, tuple)) and all(
-            isinstance(m, (int, float)) and not isinstance(m, bool) and m > 0 for m in milestones)
-             and list(milestones) == sorted(milestones)
-             and (all(m < 1 for m in milestones) or all(float(m).is_integer() for m in milestones)),
+        need(_valid_milestones(self.milestones),
              "milestones must be an increasing list of positive numbers, either all steps (whole numbers) "
-             f"or all fractions of the run (below 1), e.g. [0.5, 0.75] or [32000, 48000]; got {milestones!r}")
+             f"or all fractions of the run (below 1), e.g. [0.5, 0.75] or [32000, 48000]; got {self.milestones!r}")
         need(isinstance(self.model_options, dict), "model_options must be a mapping")
         return self
 
@@ -123,6 +120,15 @@ class TrainConfig:
 
     def dump(self) -> str:
         return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+
+def _valid_milestones(milestones: Any) -> bool:
+    if not isinstance(milestones, (list, tuple)):
+        return False
+    numbers = all(isinstance(m, (int, float)) and not isinstance(m, bool) and m > 0 for m in milestones)
+    if not numbers or list(milestones) != sorted(milestones):
+        return False
+    return milestones_are_fractions(milestones) or all(float(m).is_integer() for m in milestones)
 
 
 FIELDS = {f.name: f for f in dataclasses.fields(TrainConfig)}

@@ -44,10 +44,15 @@ class Schedule:
         raise ValueError(f"unknown schedule {self.kind!r}")
 
 
+def milestones_are_fractions(milestones: Sequence[float]) -> bool:
+    """Milestones all below 1 are fractions of the run; otherwise they are step numbers."""
+    return bool(milestones) and all(m < 1 for m in milestones)
+
+
 def milestone_steps(milestones: Sequence[float], total_steps: int) -> tuple[int, ...]:
-    """Milestones in steps: fractions of the run (all below 1) scaled by ``total_steps`` (and kept
-    inside the run, so a tiny run still drops), else taken as steps."""
-    if milestones and all(m < 1 for m in milestones):
+    """Milestones in steps: fractions of the run scaled by ``total_steps`` (and kept inside the run,
+    so a tiny run still drops), else taken as steps."""
+    if milestones_are_fractions(milestones):
         return tuple(min(max(1, round(m * total_steps)), max(1, total_steps - 1)) for m in milestones)
     return tuple(int(m) for m in milestones)
 
