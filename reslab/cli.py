@@ -180,6 +180,7 @@ def _checkpoint_data(checkpoint, data: str | None, data_root: str | None, split:
 
 def cmd_eval(args: argparse.Namespace) -> None:
     from .data import EvalLoader
+    from .inference import with_test_time_augmentation
     from .tables import format_table
     from .train.checkpoint import load_checkpoint
     from .train.evaluate import evaluate
@@ -192,6 +193,7 @@ def cmd_eval(args: argparse.Namespace) -> None:
 
         _note_if_bfloat16_is_slow(args.precision)
         model = optimize_for_inference(model, args.precision)
+    model = with_test_time_augmentation(model, args.tta)
     result = evaluate(model, EvalLoader(arrays, 500, checkpoint.normalizer), len(checkpoint.classes))
     per_class = result.per_class_accuracy()
     confusion = result.confusion.tolist()
@@ -201,12 +203,13 @@ def cmd_eval(args: argparse.Namespace) -> None:
         confusion_matrix(confusion, checkpoint.classes, args.confusion_png)
     if args.json:
         print(json.dumps({"checkpoint": str(checkpoint.path), "data": arrays.name, "precision": args.precision,
-                          "examples": int(result.count),
+                          "tta": args.tta, "examples": int(result.count),
                           "loss": result.loss, "top1_error": result.error, "top5_error": result.top5_error,
                           "per_class_accuracy": dict(zip(checkpoint.classes, per_class)),
                           "confusion": confusion, "classes": checkpoint.classes}, indent=2))
         return
-    print(f"{checkpoint.path} on {arrays.name}: {int(result.count):,} images")
+    how = "" if args.tta == "none" else f", test-time augmentation {args.tta}"
+    print(f"{checkpoint.path} on {arrays.name}: {int(result.count):,} images ({args.precision}{how})")
     print(f"top-1 error {100 * result.error:.2f}%  top-5 error {100 * result.top5_error:.2f}%  loss {result.loss:.4f}\n")
     print(format_table(["class", "accuracy %"], [[c, f"{100 * a:.2f}"] for c, a in zip(checkpoint.classes, per_class)]))
     print("\nconfusion matrix (rows: true, columns: predicted)")
@@ -243,7 +246,7 @@ def cmd_predict(args: argparse.Namespace) -> None:
     if not paths:
         raise ReslabError("no images given")
     _note_if_bfloat16_is_slow(args.precision)
-    predictions = predict(checkpoint, paths, top_k=args.top_k, precision=args.precision)
+    predictions = predict(checkpoint, paths, top_k=args.top_k, precision=args.precision, tta=args.tta)
     if args.json:
         print(json.dumps([p.to_dict() for p in predictions], indent=2))
         return
@@ -377,10 +380,13 @@ def cmd_deepen(args: argparse.Namespace) -> None:
     print(f"wrote {out}; continue training with: reslab train --init-from {out} --data {config.get('data')}")
 
 
-def _add_precision_flag(p: argparse.ArgumentParser) -> None:
+def _add_inference_flags(p: argparse.ArgumentParser) -> None:
+    # Choices repeat inference.PRECISIONS / TTA_MODES so that parsing flags does not import torch.
     p.add_argument("--precision", choices=["float32", "bfloat16"], default="float32",
                    help="bfloat16: BN-folded weights in bf16; faster where the CPU has AVX512_BF16/AMX "
                         "(see docs/performance.md), outputs rounded to bf16")
+    p.add_argument("--tta", choices=["none", "flip"], default="none",
+                   help="flip: average each image's prediction with its mirror image's (two passes)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -423,7 +429,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data-root", help="where named datasets live")
     p.add_argument("--split", default="val", choices=["train", "val", "trainval", "test"])
     p.add_argument("--confusion-png", metavar="PATH", help="also draw the confusion matrix")
-    _add_precision_flag(p)
+    _add_inference_flags(p)
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_eval)
 
@@ -433,7 +439,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("paths", nargs="+", metavar="[CHECKPOINT] IMAGE", help="a checkpoint or run folder, then images or folders")
     p.add_argument("--model", help="a bundled model instead of a checkpoint (see `reslab models`)")
     p.add_argument("--top-k", type=int, default=3)
-    _add_precision_flag(p)
+    _add_inference_flags(p)
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_predict)
 

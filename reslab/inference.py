@@ -14,6 +14,7 @@ float32 by bf16 rounding (about 3 significant digits), so it is opt-in and its a
 from __future__ import annotations
 
 import copy
+import math
 
 import torch
 from torch import nn
@@ -78,6 +79,33 @@ def optimize_for_inference(model: nn.Module, precision: str = "float32") -> nn.M
     if precision == "float32":
         return folded
     return RunInDtype(folded.to(PRECISIONS[precision]), PRECISIONS[precision]).eval()
+
+
+TTA_MODES = ("none", "flip")
+
+
+class FlipAveraged(nn.Module):
+    """Test-time augmentation: each image and its mirror image, their class probabilities averaged.
+
+    Returns log-probabilities, so softmax, top-k and cross-entropy downstream read them as logits.
+    Only the horizontal flip: it is the one training augmentation that leaves the centre crop whole.
+    Costs two forward passes.
+    """
+
+    def __init__(self, net: nn.Module):
+        super().__init__()
+        self.net = net
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        mirrored = x.flip(3).contiguous(memory_format=torch.channels_last)
+        both = torch.stack([self.net(x).float().log_softmax(1), self.net(mirrored).float().log_softmax(1)])
+        return torch.logsumexp(both, 0) - math.log(2)
+
+
+def with_test_time_augmentation(model: nn.Module, tta: str = "none") -> nn.Module:
+    if tta not in TTA_MODES:
+        raise ValueError(f"tta must be one of {', '.join(TTA_MODES)}, got {tta!r}")
+    return FlipAveraged(model).eval() if tta == "flip" else model
 
 
 def frozen_for_inference(model: nn.Module, example: torch.Tensor) -> torch.jit.ScriptModule:

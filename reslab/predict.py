@@ -13,7 +13,7 @@ from PIL import Image, UnidentifiedImageError
 from .data.augment import preprocess_eval
 from .data.folder import IMAGE_SUFFIXES, decode_image
 from .errors import DataError
-from .inference import optimize_for_inference
+from .inference import optimize_for_inference, with_test_time_augmentation
 from .train.checkpoint import Checkpoint
 
 
@@ -56,9 +56,9 @@ def load_images(paths: Sequence[Path], channels: int, size: int) -> torch.Tensor
 
 @torch.inference_mode()
 def predict(checkpoint: Checkpoint, paths: Sequence[str | Path], top_k: int = 3,
-            batch_size: int = 256, precision: str = "float32") -> list[Prediction]:
+            batch_size: int = 256, precision: str = "float32", tta: str = "none") -> list[Prediction]:
     files = expand_paths(paths)
-    model = optimize_for_inference(checkpoint.build_model(), precision)
+    model = with_test_time_augmentation(optimize_for_inference(checkpoint.build_model(), precision), tta)
     k = max(1, min(top_k, len(checkpoint.classes)))
     results = []
     for start in range(0, len(files), batch_size):

@@ -5,7 +5,7 @@ import torch
 from torch import nn
 
 import reslab
-from reslab.inference import fold_batchnorm, optimize_for_inference
+from reslab.inference import fold_batchnorm, optimize_for_inference, with_test_time_augmentation
 
 
 def trained_like(name, **kw):
@@ -86,3 +86,19 @@ def test_bfloat16_inference_takes_and_returns_float32_and_stays_close():
     assert (out - folded32).abs().max() > 1e-3  # it really ran in bf16 (float32 folding differs by ~1e-6)
     with pytest.raises(ValueError, match="float32, bfloat16"):
         optimize_for_inference(model, "float16")
+
+
+def test_flip_tta_averages_the_probabilities_of_an_image_and_its_mirror():
+    model = trained_like("resnet20")
+    tta = with_test_time_augmentation(model, "flip")
+    x = torch.randn(5, 3, 32, 32)
+    with torch.inference_mode():
+        out = tta(x)
+        expected = (model(x).softmax(1) + model(x.flip(3)).softmax(1)) / 2
+        # An image and its mirror image get the same prediction; the plain model does not.
+        torch.testing.assert_close(tta(x.flip(3)), out, rtol=1e-4, atol=1e-5)
+        assert not torch.allclose(model(x.flip(3)), model(x), atol=1e-3)
+    torch.testing.assert_close(out.exp(), expected, rtol=1e-4, atol=1e-6)
+    assert with_test_time_augmentation(model, "none") is model
+    with pytest.raises(ValueError, match="tta must be one of"):
+        with_test_time_augmentation(model, "rotate")

@@ -84,3 +84,18 @@ def test_bfloat16_predictions_match_float32_on_the_sample_images():
                           "bfloat16", "--json"], capture_output=True, text=True, timeout=120)
     assert run.returncode == 0, run.stderr
     assert json.loads(run.stdout)[0]["top"][0]["class"] == "ship"
+
+
+def test_flip_tta_predicts_an_image_and_its_mirror_alike(tmp_path):
+    from PIL import Image, ImageOps
+
+    from reslab.predict import predict
+
+    ImageOps.mirror(Image.open(IMAGES / "horse.png")).save(tmp_path / "mirrored.png")
+    checkpoint = pretrained.pretrained_checkpoint("resnet20")
+    pair = [IMAGES / "horse.png", tmp_path / "mirrored.png"]
+    plain = predict(checkpoint, pair, top_k=10)
+    flipped = predict(checkpoint, pair, top_k=10, tta="flip")
+    assert dict(plain[0].top) != pytest.approx(dict(plain[1].top), abs=1e-4)
+    assert dict(flipped[0].top) == pytest.approx(dict(flipped[1].top), abs=1e-4)
+    assert flipped[0].top[0][0] == "horse"

@@ -198,6 +198,10 @@ def test_cli_eval_predict_export(trained, tmp_path):
     half = json.loads(half.stdout)
     assert half["precision"] == "bfloat16" and abs(half["top1_error"] - data["top1_error"]) <= 2 / 179
     assert half["loss"] != data["loss"]  # it really ran in bf16
+    flipped = run_cli("eval", str(trained), "--json", "--tta", "flip")
+    assert flipped.returncode == 0, flipped.stderr
+    flipped = json.loads(flipped.stdout)
+    assert flipped["tta"] == "flip" and flipped["examples"] == 179 and flipped["loss"] != data["loss"]
     assert (tmp_path / "cm.png").stat().st_size > 1000
     from PIL import Image
 
