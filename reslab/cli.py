@@ -152,41 +152,15 @@ def cmd_train(args: argparse.Namespace) -> int | None:
     print(text)
 
 
-def _checkpoint_data(checkpoint, data: str | None, data_root: str | None, split: str):
-    """The dataset a checkpoint was trained on (or ``data``), read with the same options."""
-    from .data import DataOptions, load_dataset
-    from .errors import CheckpointError
-
-    config = checkpoint.config
-    source = data or config.get("data")
-    if not source:
-        raise CheckpointError(f"{checkpoint.path}: no dataset recorded; pass --data")
-    options = DataOptions(root=data_root or config.get("data_root"), val_fraction=config.get("val_fraction", 0.1),
-                          image_size=config.get("image_size") or checkpoint.input_size,
-                          channels=checkpoint.spec.in_channels if checkpoint.spec.in_channels in (1, 3) else 3)
-    arrays = load_dataset(source, split, options)
-    if len(arrays.classes) != len(checkpoint.classes) or arrays.channels != checkpoint.spec.in_channels:
-        raise CheckpointError(f"{checkpoint.path}: model has {len(checkpoint.classes)} classes and "
-                              f"{checkpoint.spec.in_channels} channels; {arrays.name} has {len(arrays.classes)} "
-                              f"and {arrays.channels}")
-    if arrays.classes != checkpoint.classes:
-        raise CheckpointError(f"{checkpoint.path}: class names differ from {arrays.name}'s "
-                              f"({checkpoint.classes[0]!r}... vs {arrays.classes[0]!r}...)")
-    if arrays.image_size != checkpoint.input_size:
-        raise CheckpointError(f"{checkpoint.path}: trained on {checkpoint.input_size}px images, "
-                              f"{arrays.name} has {arrays.image_size}px")
-    return arrays
-
-
 def cmd_eval(args: argparse.Namespace) -> None:
     from .data import EvalLoader
     from .inference import with_test_time_augmentation
     from .tables import format_table
-    from .train.checkpoint import load_checkpoint
+    from .train.checkpoint import checkpoint_dataset, load_checkpoint
     from .train.evaluate import evaluate
 
     checkpoint = load_checkpoint(args.checkpoint)
-    arrays = _checkpoint_data(checkpoint, args.data, args.data_root, args.split)
+    arrays = checkpoint_dataset(checkpoint, args.data, args.data_root, args.split)
     model = checkpoint.build_model()
     if args.precision != "float32":  # the float32 default evaluates the model exactly as trained
         from .inference import optimize_for_inference
@@ -260,12 +234,12 @@ def cmd_export(args: argparse.Namespace) -> None:
     from .data.augment import preprocess_eval
     from .errors import ReslabError
     from .export import export
-    from .train.checkpoint import load_checkpoint
+    from .train.checkpoint import checkpoint_dataset, load_checkpoint
 
     checkpoint = load_checkpoint(args.checkpoint)
     out = args.out or str(checkpoint.path.with_suffix(".onnx" if args.format == "onnx" else ".torchscript.pt"))
     try:
-        arrays = _checkpoint_data(checkpoint, None, None, "val")
+        arrays = checkpoint_dataset(checkpoint, None, None, "val")
         images, source = arrays.images[:16], f"16 {arrays.name} images"
     except ReslabError as exc:
         # The outputs are still compared, on random images, when the training data is not at hand.
@@ -331,14 +305,14 @@ def cmd_analyze(args: argparse.Namespace) -> None:
     from .analysis.responses import layer_responses
     from .data import EvalLoader
     from .fileio import atomic_write_text
-    from .train.checkpoint import load_checkpoint
+    from .train.checkpoint import checkpoint_dataset, load_checkpoint
 
     out = Path(args.out or "runs/responses")
     out.mkdir(parents=True, exist_ok=True)
     results = {}
     for path in args.checkpoints:
         checkpoint = load_checkpoint(path)
-        arrays = _checkpoint_data(checkpoint, args.data, args.data_root, args.split)
+        arrays = checkpoint_dataset(checkpoint, args.data, args.data_root, args.split)
         label = checkpoint.spec.name if checkpoint.spec.name not in results else f"{checkpoint.spec.name} ({path})"
         results[label] = layer_responses(checkpoint.build_model(), EvalLoader(arrays, 500, checkpoint.normalizer))
     lines = ["model,layer,name,std"] + [f"{m},{r.index},{r.name},{r.std:.6g}" for m, rs in results.items() for r in rs]
@@ -355,13 +329,13 @@ def cmd_deepen(args: argparse.Namespace) -> None:
 
     from .analysis.deepen import deepen, max_output_difference
     from .data import EvalLoader
-    from .train.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
+    from .train.checkpoint import Checkpoint, checkpoint_dataset, load_checkpoint, save_checkpoint
 
     source = load_checkpoint(args.checkpoint)
     model = source.build_model()
     stages = [s - 1 for s in _ints(args.where)] if args.where else None
     result = deepen(model, args.add, stages)
-    arrays = _checkpoint_data(source, args.data, args.data_root, "val")
+    arrays = checkpoint_dataset(source, args.data, args.data_root, "val")
     sample = arrays.subset(torch.arange(min(len(arrays), 1000)), arrays.name)  # real images, a bounded number
     batches = list(EvalLoader(sample, 250, source.normalizer))
     diffs = {mode: max_output_difference(model, result.model, batches, train_mode=mode == "train")

@@ -281,3 +281,27 @@ def test_cpu_bf16_autocast_trains_and_differs_from_float32(tmp_path):
     assert half.status == "finished" and half.history[-1]["eval_error"] < 0.6  # it learns (10 classes)
     assert half.history[0]["train_loss"] != full.history[0]["train_loss"]  # autocast really ran
     assert load_checkpoint(tmp_path / "bf16" / "last.pt").config["cpu_bf16"] is True
+
+
+def test_bundle_script_writes_weights_index_and_a_card_measured_on_the_file(trained, tmp_path):
+    from reslab.models.pretrained import sha256
+
+    script = Path(__file__).resolve().parents[1] / "scripts" / "bundle_weights.py"
+    weights = tmp_path / "weights"
+    weights.mkdir()
+    result = subprocess.run([sys.executable, str(script), str(trained), "resnet20", "--command", "reslab train ...",
+                             "--machine", "a test machine", "--data-note", "digits", "--weights-dir", str(weights)],
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    index = json.loads((weights / "index.json").read_text())["resnet20"]
+    assert index["sha256"] == sha256(weights / index["file"])
+    evaluated = json.loads(run_cli("eval", str(weights / index["file"]), "--json").stdout)
+    assert index["val_accuracy"] == round(1 - evaluated["top1_error"], 4)
+    card = (weights / index["card"]).read_text()
+    assert f"{100 * index['val_accuracy']:.2f}% (top-5" in card and "float32 training" in card
+    assert load_checkpoint(weights / index["file"]).optimizer_state is None
+    missing = subprocess.run([sys.executable, str(script), str(tmp_path / "nothing"), "resnet20", "--command", "x",
+                              "--machine", "x", "--data-note", "x", "--weights-dir", str(weights)],
+                             capture_output=True, text=True, timeout=120)
+    assert missing.returncode == 1 and missing.stderr.strip().endswith("not a finished run (no summary.json)")
+    assert "Traceback" not in missing.stderr

@@ -87,3 +87,29 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
         )
     except (KeyError, TypeError, SpecError) as exc:
         raise CheckpointError(f"{path}: incomplete reslab checkpoint ({exc})") from None
+
+
+def checkpoint_dataset(checkpoint: Checkpoint, data: str | None, data_root: str | None, split: str):
+    """The dataset a checkpoint was trained on (or ``data``), read with the same options, after
+    checking that its classes, channels and image size are the model's."""
+    from ..data import DataOptions, load_dataset
+
+    config = checkpoint.config
+    source = data or config.get("data")
+    if not source:
+        raise CheckpointError(f"{checkpoint.path}: no dataset recorded; pass --data")
+    options = DataOptions(root=data_root or config.get("data_root"), val_fraction=config.get("val_fraction", 0.1),
+                          image_size=config.get("image_size") or checkpoint.input_size,
+                          channels=checkpoint.spec.in_channels if checkpoint.spec.in_channels in (1, 3) else 3)
+    arrays = load_dataset(source, split, options)
+    if len(arrays.classes) != len(checkpoint.classes) or arrays.channels != checkpoint.spec.in_channels:
+        raise CheckpointError(f"{checkpoint.path}: model has {len(checkpoint.classes)} classes and "
+                              f"{checkpoint.spec.in_channels} channels; {arrays.name} has {len(arrays.classes)} "
+                              f"and {arrays.channels}")
+    if arrays.classes != checkpoint.classes:
+        raise CheckpointError(f"{checkpoint.path}: class names differ from {arrays.name}'s "
+                              f"({checkpoint.classes[0]!r}... vs {arrays.classes[0]!r}...)")
+    if arrays.image_size != checkpoint.input_size:
+        raise CheckpointError(f"{checkpoint.path}: trained on {checkpoint.input_size}px images, "
+                              f"{arrays.name} has {arrays.image_size}px")
+    return arrays
