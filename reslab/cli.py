@@ -429,7 +429,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--depth", type=int, default=20, help="shortcuts: the depth")
     p.add_argument("--seeds", type=int, default=3, help="table6: seeds per depth")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--budget", type=float, default=1.0, help="fraction of the paper's 64k iterations")
+    p.add_argument("--budget", type=float, default=1.0, help="fraction of the recipe's length (paper: 64k iterations; fast: 40 epochs)")
     p.add_argument("--recipe", default="paper")
     p.add_argument("--data", default="cifar10")
     p.add_argument("--data-root")

@@ -217,3 +217,17 @@ def test_degradation_verdict_says_what_the_numbers_show():
                                             "resnet20": h(0.20), "resnet56": h(0.40)})
     assert "deeper is NOT worse here" in short and "deeper is worse at this budget" in short
     assert "15.00 points above the plain net's, unlike the paper" in short
+
+
+def test_budget_shortens_any_recipe(tmp_path):
+    from reslab.analysis.experiments import _budget_note
+
+    paper = ExperimentSettings(out=tmp_path, budget=0.5).overrides()
+    assert paper["iterations"] == 32_000 and paper["epochs"] is None
+    fast = ExperimentSettings(out=tmp_path, recipe="fast", budget=0.25)
+    assert fast.overrides()["epochs"] == 10 and fast.overrides()["iterations"] is None
+    assert "fast, 10 epochs (budget 0.25)" in _budget_note(fast)
+    # An explicit setting wins over the budget.
+    assert ExperimentSettings(out=tmp_path, recipe="fast", budget=0.25, extra={"epochs": 3}).overrides()["epochs"] == 3
+    with pytest.raises(ConfigError, match="unknown recipe"):
+        ExperimentSettings(out=tmp_path, recipe="slow").overrides()

@@ -29,11 +29,11 @@ from ..models.registry import PAPER_ERRORS
 from ..plots import error_curve_panels, error_curves
 from ..tables import format_table
 from ..train.config import resolve
+from ..train.recipes import recipe_values
 from ..train.history import read_history
 from ..train.loop import fit, resume_run
 from ..train.schedules import milestone_steps
 
-PAPER_ITERATIONS = 64_000
 POLL_S = 1.0  # how often a parallel experiment checks whether a member finished
 STOP_WAIT_S = 60  # how long an interrupted member may take to write its checkpoint
 
@@ -52,7 +52,7 @@ class ExperimentSettings:
     out: Path
     data: str = "cifar10"
     data_root: str | None = None
-    budget: float = 1.0  # fraction of the paper's 64k iterations (milestones scale with it)
+    budget: float = 1.0  # fraction of the recipe's length: paper 64k iterations, fast 40 epochs
     recipe: str = "paper"
     eval_split: str = "val"
     jobs: int = 1
@@ -65,8 +65,13 @@ class ExperimentSettings:
         values: dict[str, Any] = {"data": self.data, "eval_split": self.eval_split}
         if self.data_root:
             values["data_root"] = self.data_root
-        if self.recipe == "paper":  # its milestones are fractions of the run, so they scale too
-            values.update(iterations=max(1, round(PAPER_ITERATIONS * self.budget)), epochs=None)
+        # The paper recipe counts iterations, the fast one epochs; its milestones (fractions of the
+        # run) and one-cycle phases scale with the length. A recipe's length is the same for every model.
+        length = recipe_values(self.recipe, "resnet20")
+        if length.get("iterations"):
+            values.update(iterations=max(1, round(length["iterations"] * self.budget)), epochs=None)
+        elif length.get("epochs"):
+            values.update(epochs=max(1, round(length["epochs"] * self.budget)), iterations=None)
         return {**values, **self.extra}
 
 
@@ -198,7 +203,9 @@ def _budget_note(settings: ExperimentSettings) -> str:
                 f"lr /10 at {drops}"
                 + (" (REDUCED BUDGET: the paper trains 64,000 iterations)" if settings.budget < 1 else "")
                 + f". Data: {settings.data}, evaluated on its {settings.eval_split} split.")
-    return f"Recipe: {settings.recipe}. Data: {settings.data}, evaluated on its {settings.eval_split} split."
+    length = f"{config.epochs} epochs" if config.epochs else f"{config.iterations:,} iterations"
+    return (f"Recipe: {settings.recipe}, {length}" + (f" (budget {settings.budget:g})" if settings.budget < 1 else "")
+            + f". Data: {settings.data}, evaluated on its {settings.eval_split} split.")
 
 
 def _write_results(settings: ExperimentSettings, name: str, rows: list[list[Any]], headers: list[str],
