@@ -16,15 +16,16 @@ from reslab.errors import CheckpointError, SpecError
 IMAGES = Path(__file__).resolve().parents[1] / "docs" / "images"
 
 
-def test_bundled_resnet20_loads_ready_for_inference():
+@pytest.mark.parametrize("name", pretrained.available_pretrained())
+def test_every_bundled_model_loads_ready_for_inference_with_its_card(name):
     assert "resnet20" in pretrained.available_pretrained()
-    model = reslab.create_model("resnet20", pretrained=True)
-    assert not model.training
+    model = reslab.create_model(name, pretrained=True)
+    assert not model.training and model.spec.name == name
     assert model.classes[3] == "cat" and len(model.classes) == 10
-    info = pretrained.pretrained_info("resnet20")
-    assert (pretrained.WEIGHTS_DIR / info["card"]).exists()
+    info = pretrained.pretrained_info(name)
     card = (pretrained.WEIGHTS_DIR / info["card"]).read_text()
-    for needed in ("JPEG", "Command", "Seed", "Wall time", "Validation accuracy", "Preprocessing"):
+    for needed in ("JPEG", "Command", "Seed", "Wall time", "Validation accuracy", "Preprocessing",
+                   info["sha256"], f"{100 * info['val_accuracy']:.2f}%"):
         assert needed in card
     assert pretrained.WEIGHTS_DIR.joinpath(info["file"]).stat().st_size < 5_000_000
 
@@ -61,13 +62,13 @@ def test_cli_predict_without_checkpoint_and_models_column():
                          capture_output=True, text=True, timeout=120)
     assert run.returncode == 0, run.stderr
     assert json.loads(run.stdout)[0]["top"][0]["class"] == "cat"
-    run = subprocess.run([sys.executable, "-m", "reslab", "predict", "--model", "resnet56", str(IMAGES / "cat.png")],
+    run = subprocess.run([sys.executable, "-m", "reslab", "predict", "--model", "resnet110", str(IMAGES / "cat.png")],
                          capture_output=True, text=True, timeout=120)
-    assert run.returncode == 2 and "no bundled weights for 'resnet56'" in run.stderr
+    assert run.returncode == 2 and "no bundled weights for 'resnet110'" in run.stderr
     run = subprocess.run([sys.executable, "-m", "reslab", "models", "--json", "--family", "cifar"],
                          capture_output=True, text=True, timeout=120)
     flags = {r["name"]: r["pretrained"] for r in json.loads(run.stdout)}
-    assert flags["resnet20"] is True and flags["resnet56"] is False
+    assert flags["resnet20"] is True and flags["resnet110"] is False
 
 
 def test_bfloat16_predictions_match_float32_on_the_sample_images():
