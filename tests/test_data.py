@@ -179,13 +179,18 @@ def test_download_cut_off_halfway_leaves_nothing(tmp_path, server):
     with pytest.raises(DataError):
         download_file(url + "/cut/cifar-10-python.tar.gz", dest, md5, progress=False, timeout=5)
     assert not dest.exists()
-    assert not list(dest.parent.glob("*.part"))
+    assert not (tmp_path / "dl").exists()  # the folder it made for the download is gone again
 
 
 def test_download_missing_url_is_clear(tmp_path, server):
     url, _ = server
     with pytest.raises(DataError, match="cannot download"):
-        download_file(url + "/nope.tar.gz", tmp_path / "x.tar.gz", progress=False)
+        download_file(url + "/nope.tar.gz", tmp_path / "new" / "data" / "x.tar.gz", progress=False)
+    assert not (tmp_path / "new").exists()
+    (tmp_path / "mine").mkdir()  # a folder the user already had stays, even empty
+    with pytest.raises(DataError, match="cannot download"):
+        download_file(url + "/nope.tar.gz", tmp_path / "mine" / "x.tar.gz", progress=False)
+    assert (tmp_path / "mine").is_dir() and not any((tmp_path / "mine").iterdir())
 
 
 # ---- image folders ------------------------------------------------------------------------

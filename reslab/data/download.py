@@ -43,6 +43,7 @@ def download_file(url: str, dest: Path, md5: str | None = None, *, timeout: floa
     renamed into place. A failed or cut-off download leaves nothing at ``dest``. A file whose MD5
     does not match is kept aside as ``dest.bad`` (never used) and named in the error."""
     dest = Path(dest)
+    created = [p for p in (dest.parent, *dest.parent.parents) if not p.exists()]
     dest.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp_name = tempfile.mkstemp(prefix=dest.name + ".", suffix=".part", dir=dest.parent)
     tmp = Path(tmp_name)
@@ -75,10 +76,14 @@ def download_file(url: str, dest: Path, md5: str | None = None, *, timeout: floa
                 raise DataError(f"{url}: MD5 {got} does not match the published {md5}; "
                                 f"the file was kept aside as {bad} and not used")
         os.replace(tmp, dest)
+        created = []
         return dest
     finally:
         if tmp.exists():
             tmp.unlink()
+        for folder in created:  # innermost first; a failed download leaves no empty data folder behind
+            if folder.exists() and not any(folder.iterdir()):
+                folder.rmdir()
 
 
 def safe_extract(archive: Path, dest: Path) -> None:
