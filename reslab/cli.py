@@ -155,6 +155,7 @@ def cmd_train(args: argparse.Namespace) -> int | None:
 def cmd_eval(args: argparse.Namespace) -> None:
     from .data import EvalLoader
     from .inference import with_test_time_augmentation
+    from .predict import check_tta
     from .tables import format_table
     from .train.checkpoint import checkpoint_dataset, load_checkpoint
     from .train.evaluate import evaluate
@@ -167,6 +168,7 @@ def cmd_eval(args: argparse.Namespace) -> None:
 
         _note_if_bfloat16_is_slow(args.precision)
         model = optimize_for_inference(model, args.precision)
+    check_tta(checkpoint, args.tta, dataset_flips=arrays.augment.flip and checkpoint.config.get("augment", True))
     model = with_test_time_augmentation(model, args.tta)
     result = evaluate(model, EvalLoader(arrays, 500, checkpoint.normalizer), len(checkpoint.classes))
     per_class = result.per_class_accuracy()
@@ -344,7 +346,8 @@ def cmd_deepen(args: argparse.Namespace) -> None:
     config = dict(source.config)
     save_checkpoint(Checkpoint(spec=result.spec, classes=source.classes, normalizer=source.normalizer,
                                input_size=source.input_size, model_state=result.model.state_dict(),
-                               config=config, progress={"deepened_from": str(source.path)}), out)
+                               config=config, progress={"deepened_from": str(source.path)},
+                               trained_with_flips=source.trained_with_flips), out)
     added = ", ".join(f"stage {s + 1}: +{n}" for s, n in result.added.items() if n)
     print(f"{source.spec.name} (depth {source.spec.depth}) -> {result.spec.name} (depth {result.spec.depth}); {added}")
     print(f"max |logit difference| on {len(sample)} {arrays.name} images: "

@@ -89,7 +89,8 @@ class FlipAveraged(nn.Module):
 
     Returns log-probabilities, so softmax, top-k and cross-entropy downstream read them as logits.
     Only the horizontal flip: it is the one training augmentation that leaves the centre crop whole.
-    Costs two forward passes.
+    Costs a forward pass of twice the batch. Sound only for models trained on mirrored images
+    (``predict.check_tta``).
     """
 
     def __init__(self, net: nn.Module):
@@ -97,8 +98,9 @@ class FlipAveraged(nn.Module):
         self.net = net
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        mirrored = x.flip(3).contiguous(memory_format=torch.channels_last)
-        both = torch.stack([self.net(x).float().log_softmax(1), self.net(mirrored).float().log_softmax(1)])
+        # One pass over both halves (flip keeps x's memory layout, so both run the same kernels).
+        log_probs = self.net(torch.cat([x, x.flip(3)])).float().log_softmax(1)
+        both = torch.stack(log_probs.split(len(x)))
         return torch.logsumexp(both, 0) - math.log(2)
 
 

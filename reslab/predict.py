@@ -12,7 +12,7 @@ from PIL import Image, UnidentifiedImageError
 
 from .data.augment import preprocess_eval
 from .data.folder import IMAGE_SUFFIXES, decode_image
-from .errors import DataError
+from .errors import ConfigError, DataError
 from .inference import optimize_for_inference, with_test_time_augmentation
 from .train.checkpoint import Checkpoint
 
@@ -54,9 +54,20 @@ def load_images(paths: Sequence[Path], channels: int, size: int) -> torch.Tensor
     return torch.from_numpy(np.stack(arrays))
 
 
+def check_tta(checkpoint: Checkpoint, tta: str, dataset_flips: bool | None = None) -> None:
+    """Flip TTA assumes that a mirror image is the same class, as it is for models trained on mirrored
+    images; refuse it for models trained without (digits: a mirrored glyph is another one).
+    ``dataset_flips`` stands in for checkpoints that did not record it."""
+    flips = checkpoint.trained_with_flips if checkpoint.trained_with_flips is not None else dataset_flips
+    if tta == "flip" and flips is False:
+        raise ConfigError(f"--tta flip: {checkpoint.path} was trained without mirrored images, so for it a mirror "
+                          "image need not be the same class")
+
+
 @torch.inference_mode()
 def predict(checkpoint: Checkpoint, paths: Sequence[str | Path], top_k: int = 3,
             batch_size: int = 256, precision: str = "float32", tta: str = "none") -> list[Prediction]:
+    check_tta(checkpoint, tta)
     files = expand_paths(paths)
     model = with_test_time_augmentation(optimize_for_inference(checkpoint.build_model(), precision), tta)
     k = max(1, min(top_k, len(checkpoint.classes)))

@@ -60,7 +60,7 @@ def default_input_size(spec: NetSpec) -> int:
 
 def _drop_batchnorm(module: nn.Module) -> None:
     for name, child in module.named_children():
-        if isinstance(child, nn.modules.batchnorm._BatchNorm):
+        if isinstance(child, nn.BatchNorm2d):
             setattr(module, name, nn.Identity())
         else:
             _drop_batchnorm(child)
@@ -100,6 +100,6 @@ def summarize(model: str | Path | NetSpec, input_size: int | None = None, **over
     for handle in handles:
         handle.remove()
     rows = tuple(
-        Row(name, shapes[name], params[name], flops[name]) for name, _part in parts
+        Row(name, shapes[name], params[name], flops[name]) for name, _ in parts
     )
     return Summary(spec.name, (spec.in_channels, size, size), rows)

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -23,15 +24,15 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from reslab.models.pretrained import WEIGHTS_DIR, sha256  # noqa: E402
-from reslab.data import EvalLoader  # noqa: E402
+from reslab.data import EvalLoader, ImageArrays  # noqa: E402
 from reslab.errors import ReslabError  # noqa: E402
+from reslab.fileio import atomic_write_text  # noqa: E402
 from reslab.inference import with_test_time_augmentation  # noqa: E402
 from reslab.train.checkpoint import Checkpoint, checkpoint_dataset, load_checkpoint, save_checkpoint  # noqa: E402
 from reslab.train.evaluate import evaluate  # noqa: E402
 
 
-def measure(checkpoint: Checkpoint, data_root: str | None, tta: str):
-    arrays = checkpoint_dataset(checkpoint, None, data_root, checkpoint.config["eval_split"])
+def measure(checkpoint: Checkpoint, arrays: ImageArrays, tta: str):
     model = with_test_time_augmentation(checkpoint.build_model(), tta)
     return evaluate(model, EvalLoader(arrays, 500, checkpoint.normalizer), len(checkpoint.classes))
 
@@ -58,23 +59,41 @@ def bundle(args: argparse.Namespace) -> None:
     best = load_checkpoint(args.run_dir / "best.pt")
     summary = json.loads((args.run_dir / "summary.json").read_text())
     history = best.progress["history"]
+    c = best.config
+    if not c.get("eval_split"):
+        raise ReslabError(f"{args.run_dir}: the run was not evaluated (eval_split none); nothing to put on a card")
+    arrays = checkpoint_dataset(best, None, args.data_root, c["eval_split"])
+    flips = best.trained_with_flips  # older runs did not record it: their dataset's default and `augment` say
+    if flips is None:
+        flips = bool(arrays.augment.flip and c.get("augment", True))
     slim = Checkpoint(spec=best.spec, classes=best.classes, normalizer=best.normalizer, input_size=best.input_size,
                       model_state=best.model_state, progress={"step": best.progress["step"], "history": history},
-                      config=best.config)
-    data = Path(best.config["data"]).name
+                      config=c, trained_with_flips=flips)
+    data = Path(c["data"]).name
     filename = f"{data}-{args.name}.pt"
-    save_checkpoint(slim, args.weights_dir / filename)
+    final = args.weights_dir / filename
+    # Measure the file users will load, and only then replace the bundled one: a failure on the
+    # way leaves the old file and its index entry as they were.
+    staged = save_checkpoint(slim, args.weights_dir / (filename + ".new"))
+    try:
+        bundled = load_checkpoint(staged)
+        plain = measure(bundled, arrays, "none")
+        flipped = measure(bundled, arrays, "flip") if flips else None
+        digest = sha256(staged)
+        os.replace(staged, final)
+    finally:
+        staged.unlink(missing_ok=True)
     best_row = min((r for r in history if r.get("eval_error") is not None), key=lambda r: r["eval_error"])
-    bundled = load_checkpoint(args.weights_dir / filename)
-    plain, flipped = measure(bundled, args.data_root, "none"), measure(bundled, args.data_root, "flip")
     index_path = args.weights_dir / "index.json"
     index = json.loads(index_path.read_text()) if index_path.exists() else {}
-    index[args.name] = {"file": filename, "sha256": sha256(args.weights_dir / filename), "card": filename[:-3] + ".md",
-                        "data": data, "val_accuracy": round(1 - plain.error, 4),
-                        "val_accuracy_flip_tta": round(1 - flipped.error, 4), "epoch": best_row["epoch"]}
-    index_path.write_text(json.dumps(index, indent=2, sort_keys=True) + "\n")
+    index[args.name] = {"file": filename, "sha256": digest, "card": filename[:-3] + ".md", "data": data,
+                        "val_accuracy": round(1 - plain.error, 4), "epoch": best_row["epoch"]}
+    if flipped is not None:
+        index[args.name]["val_accuracy_flip_tta"] = round(1 - flipped.error, 4)
+    atomic_write_text(json.dumps(index, indent=2, sort_keys=True) + "\n", index_path)
+    tta_note = (f"; {100 * (1 - flipped.error):.2f}% with flip test-time augmentation (`--tta flip`)"
+                if flipped is not None else "; trained without mirror images, so no flip test-time augmentation")
 
-    c = best.config
     def percent(value: float | None) -> str:
         return "" if value is None else f"{100 * value:.2f}"
 
@@ -85,13 +104,13 @@ def bundle(args: argparse.Namespace) -> None:
 - **Architecture**: {best.spec.name}, {sum(v.numel() for k, v in best.model_state.items() if 'running' not in k and 'num_batches' not in k):,} parameters, shortcut option {best.spec.shortcut}
 - **Data**: {args.data_note}
 - **Split**: trained on `{c['train_split']}`, selected and measured on `{c['eval_split']}` (val_fraction {c['val_fraction']}: per class, the last {100 * c['val_fraction']:g}% in file order)
-- **Validation accuracy**: {100 * (1 - plain.error):.2f}% (top-5 {100 * (1 - plain.top5_error):.2f}%) on the {int(plain.count):,} `{c['eval_split']}` images, float32, this file; {100 * (1 - flipped.error):.2f}% with flip test-time augmentation (`--tta flip`). The weights are those of epoch {best_row['epoch']} of {len(history)}, the best on `{c['eval_split']}` during training ({100 * (1 - best_row['eval_error']):.2f}% then{', measured under bf16 autocast' if c.get('cpu_bf16') else ''})
+- **Validation accuracy**: {100 * (1 - plain.error):.2f}% (top-5 {100 * (1 - plain.top5_error):.2f}%) on the {int(plain.count):,} `{c['eval_split']}` images, float32, this file{tta_note}. The weights are those of epoch {best_row['epoch']} of {len(history)}, the best on `{c['eval_split']}` during training ({100 * (1 - best_row['eval_error']):.2f}% then{', measured under bf16 autocast' if c.get('cpu_bf16') else ''})
 - **Recipe**: `{c['recipe']}`: {c['optimizer']} lr {c['lr']} ({c['schedule']}, warm-up fraction {c['warmup_fraction']}), momentum {c['momentum']}, nesterov {c['nesterov']}, weight decay {c['weight_decay']} (BN/bias exempt: {c['no_decay_bn_bias']}), label smoothing {c['label_smoothing']}, batch {c['batch_size']}, {c['epochs']} epochs; {'bfloat16 autocast (`cpu_bf16`)' if c.get('cpu_bf16') else 'float32'} training
 - **Command**: `{args.command}`
 - **Seed**: {c['seed']}
 - **Wall time**: {summary['wall_time_s'] / 60:.1f} minutes on {args.machine}
 - **Classes**: {', '.join(best.classes)}
-- **Preprocessing**: {best.input_size}x{best.input_size} RGB; `(x / 255 - mean) / std` per channel with mean {[round(v, 4) for v in best.normalizer.mean.tolist()]}, std {[round(v, 4) for v in best.normalizer.std.tolist()]}; images of other sizes are resized (shorter side) and centre-cropped by `reslab predict`
+- **Preprocessing**: {best.input_size}x{best.input_size} {'RGB' if best.spec.in_channels == 3 else f'{best.spec.in_channels}-channel'}; `(x / 255 - mean) / std` per channel with mean {[round(v, 4) for v in best.normalizer.mean.tolist()]}, std {[round(v, 4) for v in best.normalizer.std.tolist()]}; images of other sizes are resized (shorter side) and centre-cropped by `reslab predict`
 - **File**: `{filename}`, SHA-256 `{index[args.name]['sha256']}`, checked on every load
 
 ## Training curve
@@ -100,7 +119,7 @@ def bundle(args: argparse.Namespace) -> None:
 |---|---|---|
 {curve}
 """
-    (args.weights_dir / index[args.name]["card"]).write_text(card)
+    atomic_write_text(card, args.weights_dir / index[args.name]["card"])
     print(f"wrote {args.weights_dir / filename} and its card")
 
 

@@ -227,7 +227,12 @@ def test_budget_shortens_any_recipe(tmp_path):
     fast = ExperimentSettings(out=tmp_path, recipe="fast", budget=0.25)
     assert fast.overrides()["epochs"] == 10 and fast.overrides()["iterations"] is None
     assert "fast, 10 epochs (budget 0.25)" in _budget_note(fast)
-    # An explicit setting wins over the budget.
+    assert ExperimentSettings(out=tmp_path, recipe="fast", budget=0.0625).overrides()["epochs"] == 2.5
+    # A length set explicitly wins over the budget, whichever way it is counted.
     assert ExperimentSettings(out=tmp_path, recipe="fast", budget=0.25, extra={"epochs": 3}).overrides()["epochs"] == 3
+    explicit = ExperimentSettings(out=tmp_path, recipe="fast", budget=0.25, extra={"iterations": 500})
+    assert "epochs" not in explicit.overrides() and "500 iterations" in _budget_note(explicit)
+    by_epochs = ExperimentSettings(out=tmp_path, budget=0.5, extra={"epochs": 5})
+    assert by_epochs.overrides()["iterations"] is None and "5 epochs" in _budget_note(by_epochs)
     with pytest.raises(ConfigError, match="unknown recipe"):
         ExperimentSettings(out=tmp_path, recipe="slow").overrides()

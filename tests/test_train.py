@@ -198,10 +198,11 @@ def test_cli_eval_predict_export(trained, tmp_path):
     half = json.loads(half.stdout)
     assert half["precision"] == "bfloat16" and abs(half["top1_error"] - data["top1_error"]) <= 2 / 179
     assert half["loss"] != data["loss"]  # it really ran in bf16
-    flipped = run_cli("eval", str(trained), "--json", "--tta", "flip")
-    assert flipped.returncode == 0, flipped.stderr
-    flipped = json.loads(flipped.stdout)
-    assert flipped["tta"] == "flip" and flipped["examples"] == 179 and flipped["loss"] != data["loss"]
+    # Digits train without flips (a mirrored glyph is another one): flip TTA is refused in one line.
+    flipped = run_cli("eval", str(trained), "--tta", "flip")
+    assert flipped.returncode == 2 and "trained without mirrored images" in flipped.stderr
+    assert "Traceback" not in flipped.stderr
+    assert load_checkpoint(trained).trained_with_flips is False
     assert (tmp_path / "cm.png").stat().st_size > 1000
     from PIL import Image
 
@@ -299,9 +300,34 @@ def test_bundle_script_writes_weights_index_and_a_card_measured_on_the_file(trai
     assert index["val_accuracy"] == round(1 - evaluated["top1_error"], 4)
     card = (weights / index["card"]).read_text()
     assert f"{100 * index['val_accuracy']:.2f}% (top-5" in card and "float32 training" in card
+    assert "val_accuracy_flip_tta" not in index and "trained without mirror images" in card  # digits: no flips
     assert load_checkpoint(weights / index["file"]).optimizer_state is None
     missing = subprocess.run([sys.executable, str(script), str(tmp_path / "nothing"), "resnet20", "--command", "x",
                               "--machine", "x", "--data-note", "x", "--weights-dir", str(weights)],
                              capture_output=True, text=True, timeout=120)
     assert missing.returncode == 1 and missing.stderr.strip().endswith("not a finished run (no summary.json)")
     assert "Traceback" not in missing.stderr
+
+
+def test_flip_tta_evaluates_a_model_trained_on_mirrored_images(tiny_cifar, tmp_path):
+    out = tmp_path / "run"
+    result = run_cli("train", "--model", "resnet20", "--data", "cifar10", "--data-root", str(tiny_cifar),
+                     "--recipe", "fast", "--epochs", "1", "--batch-size", "30", "--out", str(out), "--quiet")
+    assert result.returncode == 0, result.stderr
+    assert load_checkpoint(out).trained_with_flips is True
+    plain = json.loads(run_cli("eval", str(out), "--data-root", str(tiny_cifar), "--json").stdout)
+    flipped = run_cli("eval", str(out), "--data-root", str(tiny_cifar), "--json", "--tta", "flip")
+    assert flipped.returncode == 0, flipped.stderr
+    flipped = json.loads(flipped.stdout)
+    assert flipped["tta"] == "flip" and plain["tta"] == "none"
+    assert flipped["examples"] == plain["examples"] == 10 and flipped["loss"] != plain["loss"]
+
+
+def test_cli_inference_choices_are_the_library_ones():
+    from reslab.cli import build_parser
+    from reslab.inference import PRECISIONS, TTA_MODES
+
+    for verb in ("eval", "predict"):
+        parser = build_parser()._subparsers._group_actions[0].choices[verb]
+        choices = {a.dest: a.choices for a in parser._actions if a.dest in ("precision", "tta")}
+        assert choices == {"precision": list(PRECISIONS), "tta": list(TTA_MODES)}

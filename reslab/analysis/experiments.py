@@ -65,13 +65,18 @@ class ExperimentSettings:
         values: dict[str, Any] = {"data": self.data, "eval_split": self.eval_split}
         if self.data_root:
             values["data_root"] = self.data_root
-        # The paper recipe counts iterations, the fast one epochs; its milestones (fractions of the
-        # run) and one-cycle phases scale with the length. A recipe's length is the same for every model.
+        # The paper recipe counts iterations, the fast one epochs (fractions allowed); milestones
+        # (fractions of the run) and one-cycle phases scale with the length. A recipe's length is the
+        # same for every model. A length set explicitly (--set iterations/epochs) wins outright.
         length = recipe_values(self.recipe, "resnet20")
-        if length.get("iterations"):
+        if "iterations" in self.extra:
+            pass
+        elif "epochs" in self.extra:  # as `reslab train --epochs`: epochs replace the recipe's iterations
+            values.update(iterations=None)
+        elif length.get("iterations"):
             values.update(iterations=max(1, round(length["iterations"] * self.budget)), epochs=None)
         elif length.get("epochs"):
-            values.update(epochs=max(1, round(length["epochs"] * self.budget)), iterations=None)
+            values.update(epochs=length["epochs"] * self.budget, iterations=None)
         return {**values, **self.extra}
 
 
@@ -197,15 +202,17 @@ def _pct(value: float | None) -> str:
 
 def _budget_note(settings: ExperimentSettings) -> str:
     config = resolve(settings.recipe, overrides=settings.overrides())
-    if settings.recipe == "paper" and config.iterations:
+    explicit = "iterations" in settings.extra or "epochs" in settings.extra  # then the budget did not apply
+    budget = f" (budget {settings.budget:g})" if settings.budget < 1 and not explicit else ""
+    if settings.recipe == "paper" and config.iterations and not explicit:
         drops = " and ".join(f"{m:,}" for m in milestone_steps(config.milestones, config.iterations))
         return (f"Schedule: the paper's (Sec. 4.2) at budget {settings.budget:g}: {config.iterations:,} iterations, "
                 f"lr /10 at {drops}"
                 + (" (REDUCED BUDGET: the paper trains 64,000 iterations)" if settings.budget < 1 else "")
                 + f". Data: {settings.data}, evaluated on its {settings.eval_split} split.")
-    length = f"{config.epochs} epochs" if config.epochs else f"{config.iterations:,} iterations"
-    return (f"Recipe: {settings.recipe}, {length}" + (f" (budget {settings.budget:g})" if settings.budget < 1 else "")
-            + f". Data: {settings.data}, evaluated on its {settings.eval_split} split.")
+    length = f"{config.iterations:,} iterations" if config.iterations else f"{config.epochs:g} epochs"
+    return (f"Recipe: {settings.recipe}, {length}{budget}. "
+            f"Data: {settings.data}, evaluated on its {settings.eval_split} split.")
 
 
 def _write_results(settings: ExperimentSettings, name: str, rows: list[list[Any]], headers: list[str],

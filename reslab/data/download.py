@@ -40,15 +40,20 @@ def _progress(done: int, total: int | None, started: float, label: str) -> None:
 def download_file(url: str, dest: Path, md5: str | None = None, *, timeout: float = 60.0,
                   progress: bool = True) -> Path:
     """Fetch ``url`` to ``dest``: written to a temporary file beside it, checked (length, MD5), then
-    renamed into place. A failed or cut-off download leaves nothing at ``dest``. A file whose MD5
-    does not match is kept aside as ``dest.bad`` (never used) and named in the error."""
+    renamed into place. A failed or cut-off download leaves nothing at ``dest``, nor the folders it
+    made for it. A file whose MD5 does not match is kept aside as ``dest.bad`` (never used) and
+    named in the error."""
     dest = Path(dest)
     created = [p for p in (dest.parent, *dest.parent.parents) if not p.exists()]
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=dest.name + ".", suffix=".part", dir=dest.parent)
-    tmp = Path(tmp_name)
+    tmp: Path | None = None
     started = time.monotonic()
     try:
+        try:
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp_name = tempfile.mkstemp(prefix=dest.name + ".", suffix=".part", dir=dest.parent)
+        except OSError as exc:
+            raise DataError(f"cannot write the download into {dest.parent} ({exc.strerror or exc})") from None
+        tmp = Path(tmp_name)
         with os.fdopen(fd, "wb") as out:
             try:
                 with urllib.request.urlopen(url, timeout=timeout) as response:
@@ -79,11 +84,15 @@ def download_file(url: str, dest: Path, md5: str | None = None, *, timeout: floa
         created = []
         return dest
     finally:
-        if tmp.exists():
+        if tmp is not None and tmp.exists():
             tmp.unlink()
-        for folder in created:  # innermost first; a failed download leaves no empty data folder behind
-            if folder.exists() and not any(folder.iterdir()):
+        # A failed download takes back the folders it made, innermost first; rmdir removes only
+        # empty ones, so a kept .bad file or another process's files stop it.
+        for folder in created:
+            try:
                 folder.rmdir()
+            except OSError:
+                break
 
 
 def safe_extract(archive: Path, dest: Path) -> None:

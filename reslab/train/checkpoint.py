@@ -12,6 +12,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..data.arrays import ImageArrays
 from ..data.augment import Normalizer
 from ..errors import CheckpointError, SpecError
 from ..fileio import atomic_torch_save
@@ -32,6 +33,9 @@ class Checkpoint:
     progress: dict[str, Any] = field(default_factory=dict)  # step, epoch, batch, warming_up, best_error
     config: dict[str, Any] = field(default_factory=dict)
     rng_state: torch.Tensor | None = None
+    # Whether training mirrored images (so a mirror image is the same class, and flip TTA is sound).
+    # None: not recorded, in checkpoints written before this field.
+    trained_with_flips: bool | None = None
     path: Path | None = None
 
     def to_payload(self) -> dict[str, Any]:
@@ -39,7 +43,7 @@ class Checkpoint:
             "format": FORMAT, "version": VERSION, "spec": self.spec.to_dict(), "classes": list(self.classes),
             "normalizer": self.normalizer.to_dict(), "input_size": self.input_size, "model": self.model_state,
             "optimizer": self.optimizer_state, "progress": dict(self.progress), "config": dict(self.config),
-            "rng": self.rng_state,
+            "rng": self.rng_state, "trained_with_flips": self.trained_with_flips,
         }
 
     def build_model(self) -> nn.Module:
@@ -83,13 +87,14 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
             spec=spec, classes=list(payload["classes"]), normalizer=Normalizer.from_dict(payload["normalizer"]),
             input_size=int(payload["input_size"]), model_state=payload["model"],
             optimizer_state=payload.get("optimizer"), progress=dict(payload.get("progress") or {}),
-            config=dict(payload.get("config") or {}), rng_state=payload.get("rng"), path=path,
+            config=dict(payload.get("config") or {}), rng_state=payload.get("rng"),
+            trained_with_flips=payload.get("trained_with_flips"), path=path,
         )
     except (KeyError, TypeError, SpecError) as exc:
         raise CheckpointError(f"{path}: incomplete reslab checkpoint ({exc})") from None
 
 
-def checkpoint_dataset(checkpoint: Checkpoint, data: str | None, data_root: str | None, split: str):
+def checkpoint_dataset(checkpoint: Checkpoint, data: str | None, data_root: str | None, split: str) -> ImageArrays:
     """The dataset a checkpoint was trained on (or ``data``), read with the same options, after
     checking that its classes, channels and image size are the model's."""
     from ..data import DataOptions, load_dataset

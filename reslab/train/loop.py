@@ -257,7 +257,8 @@ def _fit(config: TrainConfig, device: torch.device, ctx: distributed.DistContext
         ckpt = Checkpoint(spec=spec, classes=train_data.classes, normalizer=normalizer,
                           input_size=train_data.image_size, model_state=model.state_dict(),
                           optimizer_state=optimizer.state_dict(), progress=state_now.__dict__.copy(),
-                          config=config.to_dict(), rng_state=torch.get_rng_state())
+                          config=config.to_dict(), rng_state=torch.get_rng_state(),
+                          trained_with_flips=loader.augment.flip)
         for name in names:
             save_checkpoint(ckpt, run_dir / name)
 
