@@ -105,7 +105,7 @@ def bundle(args: argparse.Namespace) -> None:
 - **Data**: {args.data_note}
 - **Split**: trained on `{c['train_split']}`, selected and measured on `{c['eval_split']}` (val_fraction {c['val_fraction']}: per class, the last {100 * c['val_fraction']:g}% in file order)
 - **Validation accuracy**: {100 * (1 - plain.error):.2f}% (top-5 {100 * (1 - plain.top5_error):.2f}%) on the {int(plain.count):,} `{c['eval_split']}` images, float32, this file{tta_note}. The weights are those of epoch {best_row['epoch']} of {len(history)}, the best on `{c['eval_split']}` during training ({100 * (1 - best_row['eval_error']):.2f}% then{', measured under bf16 autocast' if c.get('cpu_bf16') else ''})
-- **Recipe**: `{c['recipe']}`: {c['optimizer']} lr {c['lr']} ({c['schedule']}, warm-up fraction {c['warmup_fraction']}), momentum {c['momentum']}, nesterov {c['nesterov']}, weight decay {c['weight_decay']} (BN/bias exempt: {c['no_decay_bn_bias']}), label smoothing {c['label_smoothing']}, batch {c['batch_size']}, {c['epochs']} epochs; {'bfloat16 autocast (`cpu_bf16`)' if c.get('cpu_bf16') else 'float32'} training
+- **Recipe**: `{c['recipe']}`: {c['optimizer']} lr {c['lr']} ({c['schedule']}, warm-up fraction {c['warmup_fraction']}), momentum {c['momentum']}, nesterov {c['nesterov']}, weight decay {c['weight_decay']} (BN/bias exempt: {c['no_decay_bn_bias']}), label smoothing {c['label_smoothing']}, batch {c['batch_size']}, {f"{c['iterations']:,} iterations" if c.get('iterations') else f"{c['epochs']:g} epochs"}; {'bfloat16 autocast (`cpu_bf16`)' if c.get('cpu_bf16') else 'float32'} training
 - **Command**: `{args.command}`
 - **Seed**: {c['seed']}
 - **Wall time**: {summary['wall_time_s'] / 60:.1f} minutes on {args.machine}

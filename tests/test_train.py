@@ -299,7 +299,7 @@ def test_bundle_script_writes_weights_index_and_a_card_measured_on_the_file(trai
     evaluated = json.loads(run_cli("eval", str(weights / index["file"]), "--json").stdout)
     assert index["val_accuracy"] == round(1 - evaluated["top1_error"], 4)
     card = (weights / index["card"]).read_text()
-    assert f"{100 * index['val_accuracy']:.2f}% (top-5" in card and "float32 training" in card
+    assert f"{100 * index['val_accuracy']:.2f}% (top-5" in card and "4 epochs; float32 training" in card
     assert "val_accuracy_flip_tta" not in index and "trained without mirror images" in card  # digits: no flips
     assert load_checkpoint(weights / index["file"]).optimizer_state is None
     missing = subprocess.run([sys.executable, str(script), str(tmp_path / "nothing"), "resnet20", "--command", "x",
