@@ -168,7 +168,7 @@ def cmd_eval(args: argparse.Namespace) -> None:
 
         _note_if_bfloat16_is_slow(args.precision)
         model = optimize_for_inference(model, args.precision)
-    check_tta(checkpoint, args.tta, dataset_flips=arrays.augment.flip and checkpoint.config.get("augment", True))
+    check_tta(checkpoint, args.tta, arrays)
     model = with_test_time_augmentation(model, args.tta)
     result = evaluate(model, EvalLoader(arrays, 500, checkpoint.normalizer), len(checkpoint.classes))
     per_class = result.per_class_accuracy()
@@ -363,7 +363,7 @@ def _add_inference_flags(p: argparse.ArgumentParser) -> None:
                    help="bfloat16: BN-folded weights in bf16; faster where the CPU has AVX512_BF16/AMX "
                         "(see docs/performance.md), outputs rounded to bf16")
     p.add_argument("--tta", choices=["none", "flip"], default="none",
-                   help="flip: average each image's prediction with its mirror image's (two passes)")
+                   help="flip: average each image's prediction with its mirror image's (twice the compute)")
 
 
 def build_parser() -> argparse.ArgumentParser:

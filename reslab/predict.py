@@ -10,11 +10,12 @@ import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
+from .data.arrays import ImageArrays
 from .data.augment import preprocess_eval
 from .data.folder import IMAGE_SUFFIXES, decode_image
 from .errors import ConfigError, DataError
 from .inference import optimize_for_inference, with_test_time_augmentation
-from .train.checkpoint import Checkpoint
+from .train.checkpoint import Checkpoint, mirrored_in_training
 
 
 @dataclass(frozen=True)
@@ -54,12 +55,11 @@ def load_images(paths: Sequence[Path], channels: int, size: int) -> torch.Tensor
     return torch.from_numpy(np.stack(arrays))
 
 
-def check_tta(checkpoint: Checkpoint, tta: str, dataset_flips: bool | None = None) -> None:
+def check_tta(checkpoint: Checkpoint, tta: str, data: ImageArrays | None = None) -> None:
     """Flip TTA assumes that a mirror image is the same class, as it is for models trained on mirrored
-    images; refuse it for models trained without (digits: a mirrored glyph is another one).
-    ``dataset_flips`` stands in for checkpoints that did not record it."""
-    flips = checkpoint.trained_with_flips if checkpoint.trained_with_flips is not None else dataset_flips
-    if tta == "flip" and flips is False:
+    images; refuse it for models trained without (digits: a mirrored glyph is another one). ``data``
+    (the model's dataset) decides for checkpoints that did not record it."""
+    if tta == "flip" and mirrored_in_training(checkpoint, data) is False:
         raise ConfigError(f"--tta flip: {checkpoint.path} was trained without mirrored images, so for it a mirror "
                           "image need not be the same class")
 

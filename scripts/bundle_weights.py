@@ -28,7 +28,8 @@ from reslab.data import EvalLoader, ImageArrays  # noqa: E402
 from reslab.errors import ReslabError  # noqa: E402
 from reslab.fileio import atomic_write_text  # noqa: E402
 from reslab.inference import with_test_time_augmentation  # noqa: E402
-from reslab.train.checkpoint import Checkpoint, checkpoint_dataset, load_checkpoint, save_checkpoint  # noqa: E402
+from reslab.train.checkpoint import (Checkpoint, checkpoint_dataset, load_checkpoint,  # noqa: E402
+                                     mirrored_in_training, save_checkpoint)
 from reslab.train.evaluate import evaluate  # noqa: E402
 
 
@@ -63,9 +64,7 @@ def bundle(args: argparse.Namespace) -> None:
     if not c.get("eval_split"):
         raise ReslabError(f"{args.run_dir}: the run was not evaluated (eval_split none); nothing to put on a card")
     arrays = checkpoint_dataset(best, None, args.data_root, c["eval_split"])
-    flips = best.trained_with_flips  # older runs did not record it: their dataset's default and `augment` say
-    if flips is None:
-        flips = bool(arrays.augment.flip and c.get("augment", True))
+    flips = mirrored_in_training(best, arrays)
     slim = Checkpoint(spec=best.spec, classes=best.classes, normalizer=best.normalizer, input_size=best.input_size,
                       model_state=best.model_state, progress={"step": best.progress["step"], "history": history},
                       config=c, trained_with_flips=flips)

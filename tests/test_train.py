@@ -331,3 +331,17 @@ def test_cli_inference_choices_are_the_library_ones():
         parser = build_parser()._subparsers._group_actions[0].choices[verb]
         choices = {a.dest: a.choices for a in parser._actions if a.dest in ("precision", "tta")}
         assert choices == {"precision": list(PRECISIONS), "tta": list(TTA_MODES)}
+
+
+def test_mirroring_of_old_checkpoints_is_derived_from_their_data(trained):
+    from dataclasses import replace
+
+    from reslab.train.checkpoint import checkpoint_dataset, mirrored_in_training
+
+    old = replace(load_checkpoint(trained), trained_with_flips=None)  # as written before it was recorded
+    digits = checkpoint_dataset(old, None, None, "val")
+    assert mirrored_in_training(old) is None
+    assert mirrored_in_training(old, digits) is False  # digits are never flipped
+    flipped_data = replace(digits, augment=replace(digits.augment, flip=True))
+    assert mirrored_in_training(old, flipped_data) is True
+    assert mirrored_in_training(replace(old, config={**old.config, "augment": False}), flipped_data) is False

@@ -118,3 +118,14 @@ def checkpoint_dataset(checkpoint: Checkpoint, data: str | None, data_root: str 
         raise CheckpointError(f"{checkpoint.path}: trained on {checkpoint.input_size}px images, "
                               f"{arrays.name} has {arrays.image_size}px")
     return arrays
+
+
+def mirrored_in_training(checkpoint: Checkpoint, data: ImageArrays | None = None) -> bool | None:
+    """Whether the model was trained on mirrored images: as recorded, or, for checkpoints written
+    before that was recorded, derived from ``data``'s augmentation default and the run's ``augment``
+    setting; None when neither says."""
+    if checkpoint.trained_with_flips is not None:
+        return checkpoint.trained_with_flips
+    if data is None:
+        return None
+    return bool(data.augment.flip and checkpoint.config.get("augment", True))
