@@ -98,11 +98,11 @@ def test_flip_tta_predicts_an_image_and_its_mirror_alike(tmp_path):
 
     from reslab.predict import predict
 
-    ImageOps.mirror(Image.open(IMAGES / "horse.png")).save(tmp_path / "mirrored.png")
+    ImageOps.mirror(Image.open(IMAGES / "cat.png")).save(tmp_path / "mirrored.png")
     checkpoint = pretrained.pretrained_checkpoint("resnet20")
-    pair = [IMAGES / "horse.png", tmp_path / "mirrored.png"]
+    pair = [IMAGES / "cat.png", tmp_path / "mirrored.png"]
     plain = predict(checkpoint, pair, top_k=10)
     flipped = predict(checkpoint, pair, top_k=10, tta="flip")
     assert dict(plain[0].top) != pytest.approx(dict(plain[1].top), abs=1e-4)
     assert dict(flipped[0].top) == pytest.approx(dict(flipped[1].top), abs=1e-4)
-    assert flipped[0].top[0][0] == "horse"
+    assert flipped[0].top[0][0] == "cat"  # the sample every bundled model gets right
