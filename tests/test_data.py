@@ -19,7 +19,7 @@ from PIL import Image
 from conftest import SHARED, make_archive, write_cifar_folder
 from reslab.data import DataOptions, EvalLoader, Normalizer, TrainLoader, load_dataset
 from reslab.data.arrays import ImageArrays, stratified_split
-from reslab.data.augment import crop_flip
+from reslab.data.augment import crop_flip, cutout
 from reslab.data.cifar import locate
 from reslab.data.download import download_file, safe_extract
 from reslab.data.idx import read_idx
@@ -342,6 +342,22 @@ def test_crop_flip_matches_a_per_sample_reference():
     assert crop_flip(x, 0, False, torch.Generator()).equal(x)
 
 
+def test_cutout_zeros_one_clipped_square_per_image_and_nothing_else():
+    x = torch.randn(200, 3, 10, 10).add_(5)  # no pixel is zero before cutout
+    out = cutout(x, 4, torch.Generator().manual_seed(1))
+    zeroed = out == 0
+    assert torch.equal(out[~zeroed], x[~zeroed])
+    assert torch.equal(zeroed[:, :1].expand_as(zeroed), zeroed)  # all channels of a pixel, or none
+    sizes = set()
+    for mask in zeroed[:, 0]:
+        rows, cols = mask.any(1).nonzero().flatten(), mask.any(0).nonzero().flatten()
+        assert mask.sum() == len(rows) * len(cols)  # one solid rectangle
+        assert len(rows) <= 4 and len(cols) <= 4
+        sizes.add((len(rows), len(cols)))
+    assert (4, 4) in sizes and len(sizes) > 1  # whole squares inside, clipped ones at the borders
+    assert out.is_contiguous(memory_format=torch.channels_last) == x.is_contiguous(memory_format=torch.channels_last)
+
+
 def test_normalizer_channel_and_pixel_statistics():
     images = torch.randint(0, 256, (50, 3, 4, 4), dtype=torch.uint8)
     n = Normalizer.fit(images)
@@ -381,6 +397,20 @@ def test_loader_is_seeded_resumable_and_shards_exactly():
     assert len(seen) == 64
     with pytest.raises(DataError, match="multiple of the 3 processes"):
         TrainLoader(data, 16, norm, world_size=3)
+
+
+def test_loader_cutout_masks_the_batches_it_would_give_without_cutout():
+    data = _toy()
+    norm = Normalizer.fit(data.images)
+    plain = list(TrainLoader(data, 16, norm, seed=5).epoch(1))
+    masked = list(TrainLoader(data, 16, norm, seed=5, cutout_size=4).epoch(1))
+    for (a, ya), (b, yb) in zip(plain, masked):
+        assert torch.equal(ya, yb)
+        kept = b != 0
+        assert torch.equal(a[kept], b[kept])  # the same crops and flips, only masked
+        masked_now = (b == 0) & (a != 0)  # (the crops' padding is zero already)
+        per_image = masked_now[:, 0].sum(dim=(1, 2))
+        assert per_image.max() <= 16 and per_image.sum() > 0
 
 
 def test_eval_loader_shards_count_each_example_once():

@@ -284,6 +284,19 @@ def test_cpu_bf16_autocast_trains_and_differs_from_float32(tmp_path):
     assert load_checkpoint(tmp_path / "bf16" / "last.pt").config["cpu_bf16"] is True
 
 
+def test_cutout_setting_trains_and_is_checked(tmp_path):
+    config = resolve("fast", overrides=parse_overrides(["cutout=4"]))
+    assert config.cutout == 4
+    for bad in ("-2", "2.5", "true"):
+        with pytest.raises(ConfigError, match="cutout must be a whole number"):
+            resolve("fast", overrides={"cutout": bad})
+    plain = fit(tiny_config(tmp_path / "plain", epochs=1), quiet=True)
+    masked = fit(tiny_config(tmp_path / "cutout", epochs=1, cutout=3), quiet=True)
+    assert masked.status == "finished"
+    assert masked.history[0]["train_loss"] != plain.history[0]["train_loss"]  # the masks reached training
+    assert load_checkpoint(tmp_path / "cutout" / "last.pt").config["cutout"] == 3
+
+
 def test_bundle_script_writes_weights_index_and_a_card_measured_on_the_file(trained, tmp_path):
     from reslab.models.pretrained import sha256
 

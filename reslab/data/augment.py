@@ -88,6 +88,23 @@ def crop_flip(x: torch.Tensor, pad: int, flip: bool, generator: torch.Generator)
     return out.permute(0, 3, 1, 2)  # NCHW view of NHWC memory: channels_last
 
 
+def cutout(x: torch.Tensor, size: int, generator: torch.Generator) -> torch.Tensor:
+    """Zero one ``size`` x ``size`` square per image, its centre anywhere in the image (the square is
+    clipped at the borders), as in DeVries & Taylor 2017, "Improved Regularization of Convolutional
+    Neural Networks with Cutout". Applied after normalisation, so zero is the dataset mean.
+
+    A multiply by a (B, 1, H, W) mask keeps the batch's memory layout (channels_last)."""
+    b, _, h, w = x.shape
+    device = x.device
+    cy = torch.randint(0, h, (b, 1, 1), device=device, generator=generator)
+    cx = torch.randint(0, w, (b, 1, 1), device=device, generator=generator)
+    top, left = cy - size // 2, cx - size // 2
+    rows = torch.arange(h, device=device).view(1, h, 1)
+    cols = torch.arange(w, device=device).view(1, 1, w)
+    inside = (rows >= top) & (rows < top + size) & (cols >= left) & (cols < left + size)
+    return x * (~inside).unsqueeze(1).to(x.dtype)
+
+
 def preprocess_eval(images: torch.Tensor, normalizer: Normalizer) -> torch.Tensor:
     return normalizer(images).contiguous(memory_format=torch.channels_last)
 

@@ -18,7 +18,7 @@ import torch
 
 from ..errors import DataError
 from .arrays import AugmentDefaults, ImageArrays
-from .augment import Normalizer, crop_flip, preprocess_eval
+from .augment import Normalizer, crop_flip, cutout, preprocess_eval
 
 
 def _batch_seed(seed: int, epoch: int, index: int) -> int:
@@ -30,7 +30,7 @@ class TrainLoader:
 
     def __init__(self, data: ImageArrays, batch_size: int, normalizer: Normalizer, *,
                  augment: AugmentDefaults | None = None, seed: int = 0, device: str | torch.device = "cpu",
-                 rank: int = 0, world_size: int = 1):
+                 rank: int = 0, world_size: int = 1, cutout_size: int = 0):
         if batch_size < world_size or batch_size % world_size:
             raise DataError(f"global batch size {batch_size} must be a multiple of the {world_size} processes")
         if len(data) < batch_size:
@@ -42,6 +42,7 @@ class TrainLoader:
         self.normalizer = Normalizer(normalizer.mean.to(self.device), normalizer.std.to(self.device))
         self.augment = augment if augment is not None else data.augment
         self.seed, self.rank, self.world_size = seed, rank, world_size
+        self.cutout_size = cutout_size  # 0: no cutout
 
     def __len__(self) -> int:
         return len(self.images) // self.batch_size
@@ -57,6 +58,8 @@ class TrainLoader:
             idx = order[index * self.batch_size:(index + 1) * self.batch_size]
             g = torch.Generator(device=self.device).manual_seed(_batch_seed(self.seed, epoch, index))
             x = crop_flip(self.normalizer(self.images[idx]), self.augment.pad, self.augment.flip, g)
+            if self.cutout_size:  # drawn after crop/flip, so runs without cutout see the batches they always did
+                x = cutout(x, self.cutout_size, g)
             x, y = x[self.rank::self.world_size], self.labels[idx][self.rank::self.world_size]
             yield x, y
 

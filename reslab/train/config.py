@@ -37,6 +37,7 @@ class TrainConfig:
     strict: bool = False  # image folders: fail on unreadable or non-image files instead of skipping them
     normalize: str = "channel"  # "channel" mean/std, or "pixel": the paper's per-pixel mean subtraction
     augment: bool = True  # the dataset's crop/flip (CIFAR: pad 4, random crop, flip)
+    cutout: int = 0  # side in pixels of a square zeroed at a random place in each training image; 0: none
     # ---- the recipe ---------------------------------------------------------------------
     recipe: str = "paper"
     optimizer: str = "sgd"
@@ -102,6 +103,8 @@ class TrainConfig:
         need(self.iterations is None or (isinstance(self.iterations, int) and self.iterations > 0),
              f"iterations must be a positive integer, got {self.iterations!r}")
         need(self.epochs is None or self.epochs > 0, f"epochs must be positive, got {self.epochs}")
+        need(isinstance(self.cutout, int) and not isinstance(self.cutout, bool) and self.cutout >= 0,
+             f"cutout must be a whole number of pixels >= 0, got {self.cutout!r}")
         need(self.eval_every >= 1, f"eval_every must be >= 1, got {self.eval_every}")
         need(self.train_split in ("train", "trainval"), f"train_split must be train or trainval, got {self.train_split!r}")
         need(self.eval_split in (None, "val", "test"), f"eval_split must be val, test or none, got {self.eval_split!r}")

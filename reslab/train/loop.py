@@ -200,7 +200,7 @@ def _fit(config: TrainConfig, device: torch.device, ctx: distributed.DistContext
     normalizer = checkpoint.normalizer if checkpoint else Normalizer.fit(train_data.images, config.normalize)
     augment = None if config.augment else AugmentDefaults(pad=0, flip=False)
     loader = TrainLoader(train_data, config.batch_size, normalizer, augment=augment, seed=config.seed,
-                         device=device, rank=ctx.rank, world_size=ctx.world_size)
+                         device=device, rank=ctx.rank, world_size=ctx.world_size, cutout_size=config.cutout)
     eval_loader = (EvalLoader(eval_data, config.eval_batch_size, normalizer, device=device, rank=ctx.rank,
                               world_size=ctx.world_size) if eval_data else None)
 
