@@ -48,6 +48,12 @@ class TrainConfig:
     no_decay_bn_bias: bool = False  # exempt BN parameters and biases from weight decay
     label_smoothing: float = 0.0
     batch_size: int = 128  # global batch (all processes together)
+    # Knowledge distillation (reslab/train/distill.py): a checkpoint, run folder or bundled model name.
+    teacher: str | None = None
+    # Weight of the soft (teacher) term; 1 - weight goes to the labels. 0.9 and T=4 are the usual CIFAR
+    # settings (e.g. Tian et al. 2020, "Contrastive Representation Distillation", their KD baseline).
+    distill_weight: float = 0.9
+    distill_temperature: float = 4.0
     # Split each process's batch into this many micro-batches, summing their gradients (same update,
     # less memory; BN sees each micro-batch alone, as it sees each process's slice under DDP).
     accumulation: int = 1
@@ -99,6 +105,10 @@ class TrainConfig:
         need(self.lr > 0, f"lr must be positive, got {self.lr}")
         need(self.weight_decay >= 0, f"weight_decay must be >= 0, got {self.weight_decay}")
         need(0 <= self.label_smoothing < 1, f"label_smoothing must be in [0, 1), got {self.label_smoothing}")
+        need(0 <= self.distill_weight <= 1, f"distill_weight must be in [0, 1], got {self.distill_weight}")
+        need(self.distill_temperature > 0, f"distill_temperature must be positive, got {self.distill_temperature}")
+        need(self.teacher is None or (isinstance(self.teacher, str) and self.teacher != ""),
+             f"teacher must be a checkpoint, run folder or bundled model name, got {self.teacher!r}")
         need(self.iterations is not None or self.epochs is not None, "set iterations or epochs")
         need(self.iterations is None or (isinstance(self.iterations, int) and self.iterations > 0),
              f"iterations must be a positive integer, got {self.iterations!r}")

@@ -34,6 +34,7 @@ from ..models.resnet import NetSpec, ResNet
 from . import distributed
 from .checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from .config import TrainConfig
+from .distill import distillation_loss, load_teacher
 from .evaluate import evaluate
 from .history import TensorBoard, write_history
 from .progress import Progress, format_seconds
@@ -220,6 +221,7 @@ def _fit(config: TrainConfig, device: torch.device, ctx: distributed.DistContext
     optimizer = make_optimizer(model, config)
     if checkpoint and checkpoint.optimizer_state:
         optimizer.load_state_dict(checkpoint.optimizer_state)
+    teacher = load_teacher(config.teacher, train_data, normalizer, device, memory_format) if config.teacher else None
     train_module = distributed.wrap(model, ctx, device, config.sync_bn)
     forward = torch.compile(train_module) if config.compile else train_module
     use_amp = (config.amp and device.type == "cuda") or (config.cpu_bf16 and device.type == "cpu")
@@ -249,6 +251,8 @@ def _fit(config: TrainConfig, device: torch.device, ctx: distributed.DistContext
     log.line(f"run {run_dir}: {spec.name} on {train_data.name} ({len(train_data):,} images), "
              f"{total_steps:,} steps of batch {config.batch_size} on {device}"
              + (f" x {ctx.world_size} processes" if ctx.enabled else "")
+             + (f", distilling {teacher.source} ({config.distill_weight:g} soft, T={config.distill_temperature:g})"
+                if teacher else "")
              + (f", resuming at step {state_now.step}" if checkpoint else ""))
 
     def save(names: list[str]) -> None:
@@ -297,6 +301,9 @@ def _fit(config: TrainConfig, device: torch.device, ctx: distributed.DistContext
                         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
                             logits = forward(xs)
                             loss = F.cross_entropy(logits.float(), ys, label_smoothing=config.label_smoothing)
+                            if teacher is not None:
+                                soft = distillation_loss(logits.float(), teacher.logits(xs), config.distill_temperature)
+                                loss = (1 - config.distill_weight) * loss + config.distill_weight * soft
                         (loss / micro if micro > 1 else loss).backward()
                     wrong += (logits.argmax(1) != ys).sum()
                     loss_sum += loss.detach().double() * ys.numel()
