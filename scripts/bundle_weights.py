@@ -98,13 +98,18 @@ def bundle(args: argparse.Namespace) -> None:
 
     curve = "\n".join(f"| {r['epoch']} | {percent(r['train_error'])} | {percent(r.get('eval_error'))} |"
                       for r in history)
+    extras = "".join([
+        f"; cutout {c['cutout']}x{c['cutout']}" if c.get("cutout") else "",
+        f"; distilled from `{c['teacher']}` (weight {c['distill_weight']}, T {c['distill_temperature']})"
+        if c.get("teacher") else "",
+    ])
     card = f"""# {args.name} on {data} (bundled with reslab)
 
 - **Architecture**: {best.spec.name}, {sum(v.numel() for k, v in best.model_state.items() if 'running' not in k and 'num_batches' not in k):,} parameters, shortcut option {best.spec.shortcut}
 - **Data**: {args.data_note}
 - **Split**: trained on `{c['train_split']}`, selected and measured on `{c['eval_split']}` (val_fraction {c['val_fraction']}: per class, the last {100 * c['val_fraction']:g}% in file order)
 - **Validation accuracy**: {100 * (1 - plain.error):.2f}% (top-5 {100 * (1 - plain.top5_error):.2f}%) on the {int(plain.count):,} `{c['eval_split']}` images, float32, this file{tta_note}. The weights are those of epoch {best_row['epoch']} of {len(history)}, the best on `{c['eval_split']}` during training ({100 * (1 - best_row['eval_error']):.2f}% then{', measured under bf16 autocast' if c.get('cpu_bf16') else ''})
-- **Recipe**: `{c['recipe']}`: {c['optimizer']} lr {c['lr']} ({c['schedule']}, warm-up fraction {c['warmup_fraction']}), momentum {c['momentum']}, nesterov {c['nesterov']}, weight decay {c['weight_decay']} (BN/bias exempt: {c['no_decay_bn_bias']}), label smoothing {c['label_smoothing']}, batch {c['batch_size']}, {f"{c['iterations']:,} iterations" if c.get('iterations') else f"{c['epochs']:g} epochs"}; {'bfloat16 autocast (`cpu_bf16`)' if c.get('cpu_bf16') else 'float32'} training
+- **Recipe**: `{c['recipe']}`: {c['optimizer']} lr {c['lr']} ({c['schedule']}, warm-up fraction {c['warmup_fraction']}), momentum {c['momentum']}, nesterov {c['nesterov']}, weight decay {c['weight_decay']} (BN/bias exempt: {c['no_decay_bn_bias']}), label smoothing {c['label_smoothing']}, batch {c['batch_size']}, {f"{c['iterations']:,} iterations" if c.get('iterations') else f"{c['epochs']:g} epochs"}; {'bfloat16 autocast (`cpu_bf16`)' if c.get('cpu_bf16') else 'float32'} training{extras}
 - **Command**: `{args.command}`
 - **Seed**: {c['seed']}
 - **Wall time**: {summary['wall_time_s'] / 60:.1f} minutes on {args.machine}
