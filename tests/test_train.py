@@ -338,14 +338,17 @@ def test_flip_tta_evaluates_a_model_trained_on_mirrored_images(tiny_cifar, tmp_p
     assert flipped["examples"] == plain["examples"] == 10 and flipped["loss"] != plain["loss"]
 
 
-def test_cli_inference_choices_are_the_library_ones():
+def test_cli_inference_choices_are_the_library_ones(capsys):
     from reslab.cli import build_parser
     from reslab.inference import PRECISIONS, TTA_MODES
 
     for verb in ("eval", "predict"):
-        parser = build_parser()._subparsers._group_actions[0].choices[verb]
-        choices = {a.dest: a.choices for a in parser._actions if a.dest in ("precision", "tta")}
-        assert choices == {"precision": list(PRECISIONS), "tta": list(TTA_MODES)}
+        with pytest.raises(SystemExit):
+            build_parser().parse_args([verb, "--help"])
+        usage = capsys.readouterr().out
+        for flag, library in (("--precision", PRECISIONS), ("--tta", TTA_MODES)):
+            listed = re.search(flag + r" \{([^}]*)\}", usage)
+            assert listed and listed.group(1).split(",") == list(library), (verb, flag, usage)
 
 
 def test_mirroring_of_old_checkpoints_is_derived_from_their_data(trained):
