@@ -3,9 +3,10 @@
 import pytest
 import torch
 
-from reslab.data import Normalizer
+from reslab.data import DataOptions, Normalizer, load_dataset
 from reslab.errors import ConfigError
-from reslab.train.distill import distillation_loss, input_map, teacher_checkpoint
+from reslab.train.checkpoint import load_checkpoint
+from reslab.train.distill import distillation_loss, input_map, load_teacher, teacher_checkpoint
 from reslab.train.loop import fit
 
 from test_train import tiny_config
@@ -40,6 +41,15 @@ def test_bundled_models_are_teachers_by_name():
 def test_a_student_taught_by_the_teacher_alone_learns_the_task(tmp_path):
     teacher = fit(tiny_config(tmp_path / "teacher", epochs=5), quiet=True)
     assert teacher.status == "finished"
+    # The teacher as training runs it (BN folded, inputs renormalised from another normaliser) gives
+    # the logits of the saved network on its own normalisation.
+    checkpoint = load_checkpoint(tmp_path / "teacher")  # best.pt, as the teacher option reads a run folder
+    data = load_dataset("digits", "val", DataOptions())
+    other = Normalizer.fit(data.images, "pixel")
+    loaded = load_teacher(str(tmp_path / "teacher"), data, other, torch.device("cpu"), torch.channels_last)
+    with torch.no_grad():
+        expected = checkpoint.build_model()(checkpoint.normalizer(data.images))
+    torch.testing.assert_close(loaded.logits(other(data.images)), expected, atol=1e-4, rtol=1e-4)
     # distill_weight 1: the labels are never used, so whatever the student learns came through the teacher.
     student = fit(tiny_config(tmp_path / "student", epochs=4, seed=1, teacher=str(tmp_path / "teacher"),
                               distill_weight=1.0), quiet=True)

@@ -21,6 +21,7 @@ from torch import nn
 from ..data.arrays import ImageArrays
 from ..data.augment import Normalizer
 from ..errors import ConfigError
+from ..inference import optimize_for_inference
 from .checkpoint import Checkpoint, load_checkpoint
 
 
@@ -73,7 +74,9 @@ def load_teacher(source: str, data: ImageArrays, normalizer: Normalizer, device:
     if checkpoint.spec.in_channels != data.channels or checkpoint.input_size != data.image_size:
         raise ConfigError(f"teacher {source}: takes {checkpoint.spec.in_channels}-channel {checkpoint.input_size}px "
                           f"images, {data.name} has {data.channels}-channel {data.image_size}px")
-    model = checkpoint.build_model().to(device, memory_format=memory_format)
+    # BN folded into the convs: the teacher only ever runs in eval mode, and one op less per layer
+    # is time saved on every training step.
+    model = optimize_for_inference(checkpoint.build_model()).to(device, memory_format=memory_format)
     for p in model.parameters():
         p.requires_grad_(False)
     mapping = input_map(normalizer, checkpoint.normalizer)
