@@ -1,17 +1,33 @@
-"""Knowledge distillation: the loss, the teacher's input normalisation, and a student taught by a teacher alone."""
+"""Knowledge distillation: the loss, the teacher's view of each batch, checks on the teacher, and
+students taught by a trained and by an untrained teacher alone."""
+
+import shutil
+from dataclasses import replace
 
 import pytest
 import torch
+import torch.nn.functional as F
 
-from reslab.data import DataOptions, Normalizer, load_dataset
-from reslab.errors import ConfigError
-from reslab.train.checkpoint import load_checkpoint
-from reslab.train.distill import distillation_loss, input_map, load_teacher, teacher_checkpoint
-from reslab.train.loop import fit
+from reslab.data import DataOptions, Normalizer, TrainLoader, load_dataset
+from reslab.data.arrays import ImageArrays
+from reslab.errors import CheckpointError, ConfigError
+from reslab.models.resnet import ResNet
+from reslab.train.checkpoint import load_checkpoint, save_checkpoint
+from reslab.train.config import resolve
+from reslab.train.distill import distillation_loss, load_teacher, teacher_checkpoint, training_loss
 
-from test_train import tiny_config
 
-pytest.importorskip("sklearn")
+def _tiny_config(*args, **kwargs):
+    pytest.importorskip("sklearn")  # the digits dataset
+    from test_train import tiny_config
+
+    return tiny_config(*args, **kwargs)
+
+
+def _fit(*args, **kwargs):
+    from reslab.train.loop import fit
+
+    return fit(*args, **kwargs)
 
 
 def test_distillation_loss_is_the_tempered_kl_divergence():
@@ -24,41 +40,99 @@ def test_distillation_loss_is_the_tempered_kl_divergence():
     assert distillation_loss(student, teacher, t) > 0
 
 
-def test_teacher_inputs_are_renormalised_to_its_own_statistics():
-    images = torch.randint(0, 256, (40, 3, 6, 6), dtype=torch.uint8)
-    student = Normalizer.fit(images)
-    teacher = Normalizer.fit(images[:7], "pixel")
-    scale, shift = input_map(student, teacher)
-    torch.testing.assert_close(student(images) * scale + shift, teacher(images), atol=1e-5, rtol=1e-5)
-    assert input_map(student, Normalizer.fit(images)) is None  # same statistics: the batch as it is
+def test_training_loss_weighs_labels_against_the_teacher():
+    logits, teacher = torch.randn(6, 3), torch.randn(6, 3)
+    labels, other_labels = torch.tensor([0, 1, 2, 0, 1, 2]), torch.tensor([2, 2, 2, 1, 1, 1])
+    ce = F.cross_entropy(logits, labels, label_smoothing=0.1)
+    torch.testing.assert_close(training_loss(logits, labels, 0.1), ce)
+    torch.testing.assert_close(training_loss(logits, labels, 0.1, teacher, 0.0, 4.0), ce)
+    only_teacher = training_loss(logits, labels, 0.1, teacher, 1.0, 4.0)
+    torch.testing.assert_close(only_teacher, training_loss(logits, other_labels, 0.1, teacher, 1.0, 4.0))
+    torch.testing.assert_close(training_loss(logits, labels, 0.1, teacher, 0.25, 4.0),
+                               0.75 * ce + 0.25 * distillation_loss(logits, teacher, 4.0))
 
 
-def test_bundled_models_are_teachers_by_name():
+def test_the_teacher_sees_the_same_augmented_images_under_its_own_normalisation():
+    data = ImageArrays(torch.randint(0, 256, (64, 3, 8, 8), dtype=torch.uint8), torch.arange(64) % 4,
+                       list("abcd"), "toy")  # CIFAR's augmentation: pad 4, crop, flip
+    student, teacher = Normalizer.fit(data.images, "pixel"), Normalizer.fit(data.images[:9])
+    both = list(TrainLoader(data, 16, student, seed=3, cutout_size=3).epoch(1, second_normalizer=teacher))
+    alone = list(TrainLoader(data, 16, teacher, seed=3, cutout_size=3).epoch(1))
+    plain = list(TrainLoader(data, 16, student, seed=3, cutout_size=3).epoch(1))
+    for (x, y, x_teacher), (x_alone, y_alone), (x_plain, _) in zip(both, alone, plain):
+        assert torch.equal(x_teacher, x_alone) and torch.equal(y, y_alone)  # what the teacher's own run would see
+        assert torch.equal(x, x_plain)  # and the student's batch is unchanged
+    assert teacher.same_as(Normalizer.fit(data.images[:9])) and not teacher.same_as(student)
+
+
+def test_bundled_models_are_teachers_by_name_and_unknown_names_say_what_exists():
     checkpoint = teacher_checkpoint("resnet56")
     assert checkpoint.spec.depth == 56 and checkpoint.classes[3] == "cat"
+    with pytest.raises(CheckpointError, match=r"teacher resnet110: no such .*bundled: resnet20, resnet56"):
+        teacher_checkpoint("resnet110")
 
 
-def test_a_student_taught_by_the_teacher_alone_learns_the_task(tmp_path):
-    teacher = fit(tiny_config(tmp_path / "teacher", epochs=5), quiet=True)
+def _untrained_teacher(trained_path, out):
+    trained = load_checkpoint(trained_path)
+    torch.manual_seed(123)
+    save_checkpoint(replace(trained, model_state=ResNet(trained.spec).state_dict(), optimizer_state=None), out)
+    return out
+
+
+def test_students_taught_by_a_teacher_alone_learn_what_it_knows(tmp_path):
+    teacher = _fit(_tiny_config(tmp_path / "teacher", epochs=5), quiet=True)
     assert teacher.status == "finished"
-    # The teacher as training runs it (BN folded, inputs renormalised from another normaliser) gives
-    # the logits of the saved network on its own normalisation.
-    checkpoint = load_checkpoint(tmp_path / "teacher")  # best.pt, as the teacher option reads a run folder
+    # As training runs it (BN folded), the teacher gives the saved network's logits.
+    checkpoint = load_checkpoint(tmp_path / "teacher")  # best.pt, as --teacher reads a run folder
     data = load_dataset("digits", "val", DataOptions())
-    other = Normalizer.fit(data.images, "pixel")
-    loaded = load_teacher(str(tmp_path / "teacher"), data, other, torch.device("cpu"), torch.channels_last)
+    loaded = load_teacher("t", checkpoint, torch.device("cpu"), torch.channels_last)
     with torch.no_grad():
         expected = checkpoint.build_model()(checkpoint.normalizer(data.images))
-    torch.testing.assert_close(loaded.logits(other(data.images)), expected, atol=1e-4, rtol=1e-4)
-    # distill_weight 1: the labels are never used, so whatever the student learns came through the teacher.
-    student = fit(tiny_config(tmp_path / "student", epochs=4, seed=1, teacher=str(tmp_path / "teacher"),
-                              distill_weight=1.0), quiet=True)
-    assert student.status == "finished"
-    assert student.history[-1]["eval_error"] < 0.3  # chance: 0.9; measured 0.06 (teacher 0.06)
+    torch.testing.assert_close(loaded.logits(checkpoint.normalizer(data.images)), expected, atol=1e-4, rtol=1e-4)
+    # distill_weight 1: the labels are never used, so the student knows what the teacher tells it.
+    taught = _fit(_tiny_config(tmp_path / "student", epochs=4, seed=1, teacher=str(tmp_path / "teacher"),
+                               distill_weight=1.0), quiet=True)
+    assert taught.history[-1]["eval_error"] < 0.3  # chance: 0.9; measured 0.06 (teacher 0.06)
+    untrained = _untrained_teacher(tmp_path / "teacher" / "best.pt", tmp_path / "untrained.pt")
+    misled = _fit(_tiny_config(tmp_path / "misled", epochs=4, seed=1, teacher=str(untrained), distill_weight=1.0),
+                  quiet=True)
+    assert misled.history[-1]["eval_error"] > 0.6
+    saved = load_checkpoint(tmp_path / "student" / "last.pt").config
+    assert saved["teacher"] == str((tmp_path / "teacher" / "best.pt").resolve()) and len(saved["teacher_sha256"]) == 64
 
 
-def test_a_teacher_of_other_classes_is_refused(tmp_path, tiny_cifar):
-    fit(tiny_config(tmp_path / "digits", epochs=1), quiet=True)
-    config = tiny_config(tmp_path / "student", data="cifar10", data_root=str(tiny_cifar), teacher=str(tmp_path / "digits"))
+def test_a_resumed_run_refuses_a_teacher_that_changed(tmp_path):
+    from reslab.train.loop import resume_run
+
+    _fit(_tiny_config(tmp_path / "teacher", epochs=2), quiet=True)
+    teacher = shutil.copy(tmp_path / "teacher" / "best.pt", tmp_path / "teacher.pt")
+    stopped = _fit(_tiny_config(tmp_path / "student", epochs=2, teacher=str(teacher)), quiet=True,
+                   should_stop=lambda step: step == 3)
+    assert stopped.status == "interrupted"
+    _untrained_teacher(teacher, teacher)
+    with pytest.raises(CheckpointError, match="has changed since this run started"):
+        resume_run(tmp_path / "student", quiet=True)
+
+
+def test_teachers_that_do_not_fit_the_run_are_refused(tmp_path, tiny_cifar):
+    _fit(_tiny_config(tmp_path / "digits", epochs=1), quiet=True)
+    config = _tiny_config(tmp_path / "s1", data="cifar10", data_root=str(tiny_cifar), teacher=str(tmp_path / "digits"))
     with pytest.raises(ConfigError, match="its classes"):
-        fit(config, quiet=True)
+        _fit(config, quiet=True)
+    leaky = load_checkpoint(tmp_path / "digits" / "best.pt")
+    leaky.config["train_split"] = "trainval"
+    save_checkpoint(leaky, tmp_path / "leaky.pt")
+    with pytest.raises(ConfigError, match="has seen the validation images"):
+        _fit(_tiny_config(tmp_path / "s2", teacher=str(tmp_path / "leaky.pt")), quiet=True)
+    leaky.config.update(train_split="train", val_fraction=0.2)
+    save_checkpoint(leaky, tmp_path / "other-split.pt")
+    with pytest.raises(ConfigError, match="overlap this run's validation images"):
+        _fit(_tiny_config(tmp_path / "s3", teacher=str(tmp_path / "other-split.pt")), quiet=True)
+
+
+def test_distillation_settings_are_checked():
+    with pytest.raises(ConfigError, match="need a teacher"):
+        resolve("fast", overrides={"distill_weight": "0.5"})
+    with pytest.raises(ConfigError, match="distill_temperature must be a number"):
+        resolve("fast", overrides={"teacher": "t.pt", "distill_temperature": "warm"})
+    assert resolve("fast", overrides={"teacher": "2024-01-01"}).teacher == "2024-01-01"  # a name, not a date

@@ -233,8 +233,10 @@ def test_cli_eval_predict_export(trained, tmp_path):
     (["train", "--resume", "nowhere"], "not a run folder"),
     (["train", "--data", "no/such/folder", "--epochs", "1"], "no such dataset or folder"),
     (["train", "--model", "resnet21", "--data", "digits", "--epochs", "1"], "unknown model"),
-    (["train", "--data", "digits", "--epochs", "1", "--teacher", "missing.pt"], "no such checkpoint"),
-    (["train", "--data", "digits", "--epochs", "1", "--set", "distill_weight=2"], "distill_weight must be in [0, 1]"),
+    (["train", "--data", "digits", "--epochs", "1", "--teacher", "missing.pt"], "no such checkpoint or run folder"),
+    (["train", "--data", "digits", "--epochs", "1", "--teacher", "t.pt", "--set", "distill_weight=2"],
+     "distill_weight must be in [0, 1]"),
+    (["train", "--data", "digits", "--epochs", "1", "--set", "lr=fast"], "lr must be a number"),
     (["eval", "missing.pt"], "no such checkpoint"),
     (["predict", "missing.pt", "x.png"], "no such checkpoint"),
 ])

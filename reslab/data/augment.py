@@ -48,6 +48,10 @@ class Normalizer:
     def to_dict(self) -> dict[str, list]:
         return {"mean": self.mean.tolist(), "std": self.std.tolist()}
 
+    def same_as(self, other: "Normalizer") -> bool:
+        return (self.mean.shape == other.mean.shape and torch.equal(self.mean.cpu(), other.mean.cpu())
+                and torch.equal(self.std.cpu(), other.std.cpu()))
+
     @classmethod
     def from_dict(cls, data: dict[str, list]) -> "Normalizer":
         return cls(torch.tensor(data["mean"], dtype=torch.float32), torch.tensor(data["std"], dtype=torch.float32))

@@ -51,17 +51,28 @@ class TrainLoader:
         g = torch.Generator().manual_seed(_batch_seed(self.seed, epoch, -1))
         return torch.randperm(len(self.images), generator=g).to(self.device)
 
-    def epoch(self, epoch: int, start: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        """The batches of ``epoch`` from batch index ``start`` on."""
+    def epoch(self, epoch: int, start: int = 0,
+              second_normalizer: Normalizer | None = None) -> Iterator[tuple[torch.Tensor, ...]]:
+        """The batches ``(x, y)`` of ``epoch`` from batch index ``start`` on.
+
+        With ``second_normalizer``, ``(x, y, x2)``: ``x2`` is the same images under the same crops,
+        flips and cutout, normalised with the other statistics (a distillation teacher's input)."""
         order = self.permutation(epoch)
+        other = None if second_normalizer is None else Normalizer(second_normalizer.mean.to(self.device),
+                                                                  second_normalizer.std.to(self.device))
         for index in range(start, len(self)):
             idx = order[index * self.batch_size:(index + 1) * self.batch_size]
-            g = torch.Generator(device=self.device).manual_seed(_batch_seed(self.seed, epoch, index))
-            x = crop_flip(self.normalizer(self.images[idx]), self.augment.pad, self.augment.flip, g)
-            if self.cutout_size:  # drawn after crop/flip, so runs without cutout see the batches they always did
-                x = cutout(x, self.cutout_size, g)
-            x, y = x[self.rank::self.world_size], self.labels[idx][self.rank::self.world_size]
-            yield x, y
+            images, seed = self.images[idx], _batch_seed(self.seed, epoch, index)
+            x, y = self._augmented(images, self.normalizer, seed), self.labels[idx][self.rank::self.world_size]
+            yield (x, y) if other is None else (x, y, self._augmented(images, other, seed))
+
+    def _augmented(self, images: torch.Tensor, normalizer: Normalizer, seed: int) -> torch.Tensor:
+        """This process's slice of the normalised, augmented batch; the augmentation depends on ``seed`` alone."""
+        g = torch.Generator(device=self.device).manual_seed(seed)
+        x = crop_flip(normalizer(images), self.augment.pad, self.augment.flip, g)
+        if self.cutout_size:  # drawn after crop/flip, so runs without cutout see the batches they always did
+            x = cutout(x, self.cutout_size, g)
+        return x[self.rank::self.world_size]
 
 
 class EvalLoader:

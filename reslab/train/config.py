@@ -54,6 +54,7 @@ class TrainConfig:
     # settings (e.g. Tian et al. 2020, "Contrastive Representation Distillation", their KD baseline).
     distill_weight: float = 0.9
     distill_temperature: float = 4.0
+    teacher_sha256: str | None = None  # recorded by the run when it starts; a resumed run checks it
     # Split each process's batch into this many micro-batches, summing their gradients (same update,
     # less memory; BN sees each micro-batch alone, as it sees each process's slice under DDP).
     accumulation: int = 1
@@ -94,6 +95,16 @@ class TrainConfig:
         for f in dataclasses.fields(self):  # a switch given as "yes" or "maybe" would read as on
             if isinstance(f.default, bool):
                 need(isinstance(getattr(self, f.name), bool), f"{f.name} must be true or false, got {getattr(self, f.name)!r}")
+        for f in dataclasses.fields(self):  # "abc" for a number would fail a comparison below with a traceback
+            kind, value = f.type.split(" | ")[0], getattr(self, f.name)
+            if kind not in ("int", "float"):
+                continue
+            if value is None:
+                need(f.type.endswith("| None"), f"{f.name} must be a number, got null")
+                continue
+            whole = kind == "int"
+            need(not isinstance(value, bool) and isinstance(value, int if whole else (int, float)),
+                 f"{f.name} must be {'a whole number' if whole else 'a number'}, got {value!r}")
         need(self.schedule in SCHEDULES, f"schedule must be one of {', '.join(SCHEDULES)}, got {self.schedule!r}")
         need(self.optimizer in OPTIMIZERS, f"optimizer must be one of {', '.join(OPTIMIZERS)}, got {self.optimizer!r}")
         need(self.device in DEVICES, f"device must be one of {', '.join(DEVICES)}, got {self.device!r}")
@@ -107,6 +118,8 @@ class TrainConfig:
         need(0 <= self.label_smoothing < 1, f"label_smoothing must be in [0, 1), got {self.label_smoothing}")
         need(0 <= self.distill_weight <= 1, f"distill_weight must be in [0, 1], got {self.distill_weight}")
         need(self.distill_temperature > 0, f"distill_temperature must be positive, got {self.distill_temperature}")
+        need(self.teacher is not None or (self.distill_weight, self.distill_temperature) == (0.9, 4.0),
+             "distill_weight and distill_temperature need a teacher (--teacher)")
         need(self.teacher is None or (isinstance(self.teacher, str) and self.teacher != ""),
              f"teacher must be a checkpoint, run folder or bundled model name, got {self.teacher!r}")
         need(self.iterations is not None or self.epochs is not None, "set iterations or epochs")
@@ -155,6 +168,8 @@ def _coerce(name: str, value: Any) -> Any:
     default = FIELDS[name].default
     if isinstance(default, str) and not isinstance(parsed, str) and parsed is not None:
         return value  # e.g. model: "50" stays a string
+    if FIELDS[name].type == "str | None" and parsed is not None:
+        return value  # a path or name: teacher=2024-01-01 or out=123 stay strings; null still clears it
     if isinstance(default, float) and isinstance(parsed, int) and not isinstance(parsed, bool):
         return float(parsed)
     return parsed

@@ -4,9 +4,10 @@ Hinton, Vinyals & Dean 2015, "Distilling the Knowledge in a Neural Network": the
 ``(1 - w) * CE(student, label) + w * T^2 * KL(softmax(teacher / T) || softmax(student / T))``; the
 ``T^2`` keeps the soft term's gradients on the scale of the hard one's when ``T`` changes.
 
-The teacher sees exactly the augmented batch the student sees (same crop, flip and cutout), one
-forward pass without gradients per step. Its inputs are re-normalised when the two networks were
-trained with different statistics: the loader normalises with the student's.
+The teacher sees the images the student sees, under the same crop, flip and cutout, but normalised
+with the teacher's own statistics (``TrainLoader.epoch(second_normalizer=...)``), since a network
+trained with per-pixel mean subtraction and one trained with per-channel statistics pad and read
+their inputs differently. One forward pass without gradients per (micro-)batch.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from torch import nn
 
 from ..data.arrays import ImageArrays
 from ..data.augment import Normalizer
-from ..errors import ConfigError
+from ..errors import CheckpointError, ConfigError
 from ..inference import optimize_for_inference
 from .checkpoint import Checkpoint, load_checkpoint
 
@@ -28,60 +29,54 @@ from .checkpoint import Checkpoint, load_checkpoint
 @dataclass
 class Teacher:
     model: nn.Module
-    scale: torch.Tensor | None  # student-normalised input * scale + shift = teacher-normalised input
-    shift: torch.Tensor | None
-    source: str
+    normalizer: Normalizer
+    source: str  # as given: a path or a bundled model's name
+    sha256: str  # of the checkpoint file, so a resumed run can check it distils from the same network
 
     @torch.no_grad()
     def logits(self, x: torch.Tensor) -> torch.Tensor:
-        if self.scale is not None:
-            x = x * self.scale + self.shift
         return self.model(x).float()
 
 
 def teacher_checkpoint(source: str) -> Checkpoint:
-    """A checkpoint file, a run folder, or the name of a bundled model (``resnet56``)."""
+    """A checkpoint file, a run folder (its best.pt), or the name of a bundled model (``resnet56``)."""
     from ..models.pretrained import available_pretrained, pretrained_checkpoint
 
-    if not Path(source).exists() and source in available_pretrained():
-        return pretrained_checkpoint(source)
+    if not Path(source).exists():
+        if source in available_pretrained():
+            return pretrained_checkpoint(source)
+        raise CheckpointError(f"teacher {source}: no such checkpoint or run folder, nor a bundled model "
+                              f"(bundled: {', '.join(available_pretrained())})")
     return load_checkpoint(source)
 
 
-def input_map(student: Normalizer, teacher: Normalizer) -> tuple[torch.Tensor, torch.Tensor] | None:
-    """``(scale, shift)`` taking student-normalised images to teacher-normalised ones, or None when
-    both use the same statistics. Raw pixels are ``x * std + mean`` under either normaliser."""
-    if (student.mean.shape == teacher.mean.shape and torch.equal(student.mean, teacher.mean)
-            and torch.equal(student.std, teacher.std)):
-        return None
-
-    def as_image(values: torch.Tensor) -> torch.Tensor:  # (C,) -> (C, 1, 1); (C, H, W) stays
-        return values[:, None, None] if values.dim() == 1 else values
-
-    s_mean, s_std = as_image(student.mean), as_image(student.std)
-    t_mean, t_std = as_image(teacher.mean), as_image(teacher.std)
-    return s_std / t_std, (s_mean - t_mean) / t_std
-
-
-def load_teacher(source: str, data: ImageArrays, normalizer: Normalizer, device: torch.device,
-                 memory_format: torch.memory_format) -> Teacher:
-    """The teacher for training on ``data``, in eval mode on ``device``, after checking that it
-    predicts the same classes from the same kind of images."""
-    checkpoint = teacher_checkpoint(source)
+def check_teacher(checkpoint: Checkpoint, source: str, data: ImageArrays, eval_split: str | None,
+                  val_fraction: float) -> None:
+    """Refuse a teacher that predicts other classes, reads other images, or has seen the images the
+    student is evaluated on (its soft labels would carry them into the student's numbers)."""
     if checkpoint.classes != data.classes:
         raise ConfigError(f"teacher {source}: its classes ({len(checkpoint.classes)}: {checkpoint.classes[0]!r}...) "
                           f"are not {data.name}'s ({len(data.classes)}: {data.classes[0]!r}...)")
     if checkpoint.spec.in_channels != data.channels or checkpoint.input_size != data.image_size:
         raise ConfigError(f"teacher {source}: takes {checkpoint.spec.in_channels}-channel {checkpoint.input_size}px "
                           f"images, {data.name} has {data.channels}-channel {data.image_size}px")
-    # BN folded into the convs: the teacher only ever runs in eval mode, and one op less per layer
-    # is time saved on every training step.
+    trained = checkpoint.config
+    if eval_split == "val" and trained.get("train_split") == "trainval":
+        raise ConfigError(f"teacher {source} was trained on train+val, so it has seen the validation images "
+                          "this run is measured on")
+    if eval_split == "val" and trained.get("val_fraction", val_fraction) != val_fraction:
+        raise ConfigError(f"teacher {source} held out val_fraction {trained['val_fraction']}, this run "
+                          f"{val_fraction}: its training images overlap this run's validation images")
+
+
+def load_teacher(source: str, checkpoint: Checkpoint, device: torch.device, memory_format: torch.memory_format) -> Teacher:
+    """The teacher in eval mode on ``device``, BN folded into its convolutions (it never trains)."""
+    from ..models.pretrained import sha256
+
     model = optimize_for_inference(checkpoint.build_model()).to(device, memory_format=memory_format)
     for p in model.parameters():
         p.requires_grad_(False)
-    mapping = input_map(normalizer, checkpoint.normalizer)
-    scale, shift = (None, None) if mapping is None else (mapping[0].to(device), mapping[1].to(device))
-    return Teacher(model, scale, shift, source)
+    return Teacher(model, checkpoint.normalizer, source, sha256(checkpoint.path))
 
 
 def distillation_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float) -> torch.Tensor:
@@ -89,3 +84,13 @@ def distillation_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor
     t = temperature
     return F.kl_div(F.log_softmax(student_logits / t, dim=1), F.log_softmax(teacher_logits / t, dim=1),
                     reduction="batchmean", log_target=True) * (t * t)
+
+
+def training_loss(logits: torch.Tensor, labels: torch.Tensor, label_smoothing: float,
+                  teacher_logits: torch.Tensor | None = None, weight: float = 0.0,
+                  temperature: float = 1.0) -> torch.Tensor:
+    """Cross-entropy with the labels; with a teacher, ``(1 - weight) * CE + weight * distillation``."""
+    hard = F.cross_entropy(logits, labels, label_smoothing=label_smoothing)
+    if teacher_logits is None:
+        return hard
+    return (1 - weight) * hard + weight * distillation_loss(logits, teacher_logits, temperature)

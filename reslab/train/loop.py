@@ -10,6 +10,7 @@ interrupted-then-resumed run reproduces the uninterrupted one exactly.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import math
 import os
@@ -22,7 +23,6 @@ from pathlib import Path
 from typing import Any, Callable
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from ..data import AugmentDefaults, DataOptions, EvalLoader, Normalizer, TrainLoader, load_dataset
@@ -34,7 +34,7 @@ from ..models.resnet import NetSpec, ResNet
 from . import distributed
 from .checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from .config import TrainConfig
-from .distill import distillation_loss, load_teacher
+from .distill import Teacher, check_teacher, load_teacher, teacher_checkpoint, training_loss
 from .evaluate import evaluate
 from .history import TensorBoard, write_history
 from .progress import Progress, format_seconds
@@ -221,7 +221,11 @@ def _fit(config: TrainConfig, device: torch.device, ctx: distributed.DistContext
     optimizer = make_optimizer(model, config)
     if checkpoint and checkpoint.optimizer_state:
         optimizer.load_state_dict(checkpoint.optimizer_state)
-    teacher = load_teacher(config.teacher, train_data, normalizer, device, memory_format) if config.teacher else None
+    teacher = None
+    if config.teacher:
+        teacher, config = _prepare_teacher(config, train_data, device, memory_format)
+    # The teacher's own normalisation of each augmented batch, where it differs from the student's.
+    teacher_normalizer = None if teacher is None or teacher.normalizer.same_as(normalizer) else teacher.normalizer
     train_module = distributed.wrap(model, ctx, device, config.sync_bn)
     forward = torch.compile(train_module) if config.compile else train_module
     use_amp = (config.amp and device.type == "cuda") or (config.cpu_bf16 and device.type == "cpu")
@@ -288,22 +292,23 @@ def _fit(config: TrainConfig, device: torch.device, ctx: distributed.DistContext
             seen = torch.tensor(state_now.seen, dtype=torch.int64, device=device)
             epoch_started = time.monotonic() - state_now.train_time_s
             model.train()
-            for x, y in loader.epoch(state_now.epoch, state_now.batch):
+            for batch in loader.epoch(state_now.epoch, state_now.batch, teacher_normalizer):
+                x, y = batch[0], batch[1]
+                x_teacher = batch[2] if len(batch) == 3 else x
                 lr = schedule(state_now.step, state_now.warming_up)
                 for group in optimizer.param_groups:
                     group["lr"] = lr
                 optimizer.zero_grad(set_to_none=True)
                 wrong = torch.zeros((), dtype=torch.int64, device=device)
                 for i in range(micro):
-                    xs, ys = (x, y) if micro == 1 else (x[i::micro], y[i::micro])
+                    xs, ys, ts = (x, y, x_teacher) if micro == 1 else (x[i::micro], y[i::micro], x_teacher[i::micro])
                     sync = contextlib.nullcontext() if (i == micro - 1 or not ctx.enabled) else train_module.no_sync()
                     with sync:
                         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
                             logits = forward(xs)
-                            loss = F.cross_entropy(logits.float(), ys, label_smoothing=config.label_smoothing)
-                            if teacher is not None:
-                                soft = distillation_loss(logits.float(), teacher.logits(xs), config.distill_temperature)
-                                loss = (1 - config.distill_weight) * loss + config.distill_weight * soft
+                            loss = training_loss(logits.float(), ys, config.label_smoothing,
+                                                 teacher.logits(ts) if teacher else None,
+                                                 config.distill_weight, config.distill_temperature)
                         (loss / micro if micro > 1 else loss).backward()
                     wrong += (logits.argmax(1) != ys).sum()
                     loss_sum += loss.detach().double() * ys.numel()
@@ -383,6 +388,22 @@ def _fit(config: TrainConfig, device: torch.device, ctx: distributed.DistContext
         finish(run_dir, spec, state_now, config)
     distributed.barrier(ctx)
     return RunResult(run_dir, status, state_now.history, state_now.best_error, message)
+
+
+def _prepare_teacher(config: TrainConfig, data: ImageArrays, device: torch.device,
+                     memory_format: torch.memory_format) -> tuple[Teacher, TrainConfig]:
+    """Load and check the teacher. A new run records the teacher's file (absolute) and SHA-256 in its
+    config; a resumed one must find the same file there, or it would distil from another network."""
+    checkpoint = teacher_checkpoint(config.teacher)
+    check_teacher(checkpoint, config.teacher, data, config.eval_split, config.val_fraction)
+    teacher = load_teacher(config.teacher, checkpoint, device, memory_format)
+    if config.teacher_sha256 is None:
+        where = str(checkpoint.path.resolve()) if Path(config.teacher).exists() else config.teacher
+        return teacher, dataclasses.replace(config, teacher=where, teacher_sha256=teacher.sha256)
+    if config.teacher_sha256 != teacher.sha256:
+        raise CheckpointError(f"teacher {config.teacher} has changed since this run started (SHA-256 "
+                              f"{teacher.sha256[:12]}..., the run recorded {config.teacher_sha256[:12]}...)")
+    return teacher, config
 
 
 def _epoch_line(row: dict[str, Any], total_steps: int) -> str:
