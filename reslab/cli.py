@@ -94,7 +94,7 @@ TRAIN_FLAGS = {
     "--channels": ("channels", int, "image folders: 3 (RGB) or 1 (grayscale)"),
     "--init-from": ("init_from", str, "start from the weights of this checkpoint"),
     "--teacher": ("teacher", str, "distil from this checkpoint, run folder or bundled model (e.g. resnet56); "
-                                  "--set distill_weight=0.9 distill_temperature=4"),
+                                  "--set distill_weight=0.9 --set distill_temperature=4"),
     "--out": ("out", str, "run directory (default runs/<model>-<data>-<time>)"),
 }
 

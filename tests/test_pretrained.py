@@ -85,8 +85,10 @@ def test_bfloat16_predictions_match_float32_on_the_sample_images():
     full = predict(checkpoint, images, top_k=3)
     half = predict(checkpoint, images, top_k=3, precision="bfloat16")
     for f, h in zip(full, half):
-        assert f.top[0][0] == h.top[0][0]
-        assert abs(f.top[0][1] - h.top[0][1]) < 0.03  # bf16 keeps about 3 significant digits
+        assert abs(f.top[0][1] - dict(h.top).get(f.top[0][0], 0.0)) < 0.03  # bf16 keeps about 3 significant digits
+        if f.top[0][1] - f.top[1][1] > 0.03:  # a clear winner stays the winner (the horse is a close call)
+            assert f.top[0][0] == h.top[0][0]
+    assert sum(f.top[0][1] - f.top[1][1] > 0.03 for f in full) >= 2  # cat and ship are clear
     run = subprocess.run([sys.executable, "-m", "reslab", "predict", str(IMAGES / "ship.png"), "--precision",
                           "bfloat16", "--json"], capture_output=True, text=True, timeout=120)
     assert run.returncode == 0, run.stderr

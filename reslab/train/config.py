@@ -7,6 +7,7 @@ saved with every run (``config.yaml``), and is what ``--resume`` continues.
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -105,6 +106,7 @@ class TrainConfig:
             whole = kind == "int"
             need(not isinstance(value, bool) and isinstance(value, int if whole else (int, float)),
                  f"{f.name} must be {'a whole number' if whole else 'a number'}, got {value!r}")
+            need(whole or math.isfinite(value), f"{f.name} must be a finite number, got {value!r}")
         need(self.schedule in SCHEDULES, f"schedule must be one of {', '.join(SCHEDULES)}, got {self.schedule!r}")
         need(self.optimizer in OPTIMIZERS, f"optimizer must be one of {', '.join(OPTIMIZERS)}, got {self.optimizer!r}")
         need(self.device in DEVICES, f"device must be one of {', '.join(DEVICES)}, got {self.device!r}")
@@ -118,7 +120,8 @@ class TrainConfig:
         need(0 <= self.label_smoothing < 1, f"label_smoothing must be in [0, 1), got {self.label_smoothing}")
         need(0 <= self.distill_weight <= 1, f"distill_weight must be in [0, 1], got {self.distill_weight}")
         need(self.distill_temperature > 0, f"distill_temperature must be positive, got {self.distill_temperature}")
-        need(self.teacher is not None or (self.distill_weight, self.distill_temperature) == (0.9, 4.0),
+        defaults = {f.name: f.default for f in dataclasses.fields(self)}
+        need(self.teacher is not None or all(getattr(self, k) == defaults[k] for k in ("distill_weight", "distill_temperature")),
              "distill_weight and distill_temperature need a teacher (--teacher)")
         need(self.teacher is None or (isinstance(self.teacher, str) and self.teacher != ""),
              f"teacher must be a checkpoint, run folder or bundled model name, got {self.teacher!r}")
