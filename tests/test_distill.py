@@ -14,7 +14,7 @@ from reslab.errors import CheckpointError, ConfigError
 from reslab.models.resnet import ResNet
 from reslab.train.checkpoint import load_checkpoint, save_checkpoint
 from reslab.train.config import resolve
-from reslab.train.distill import distillation_loss, load_teacher, teacher_checkpoint, training_loss
+from reslab.train.distill import check_teacher, distillation_loss, load_teacher, teacher_checkpoint, training_loss
 
 
 def _tiny_config(*args, **kwargs):
@@ -128,6 +128,11 @@ def test_teachers_that_do_not_fit_the_run_are_refused(tmp_path, tiny_cifar):
     save_checkpoint(leaky, tmp_path / "other-split.pt")
     with pytest.raises(ConfigError, match="overlap this run's validation images"):
         _fit(_tiny_config(tmp_path / "s3", teacher=str(tmp_path / "other-split.pt")), quiet=True)
+    digits = load_dataset("digits", "train", DataOptions())
+    assert check_teacher(load_checkpoint(tmp_path / "digits"), "t", digits, "val", 0.1) is None
+    unknown = replace(leaky, config={})  # e.g. weights converted from elsewhere: nothing recorded
+    assert "does not record what it was trained on" in check_teacher(unknown, "t", digits, "val", 0.1)
+    assert check_teacher(unknown, "t", digits, None, 0.1) is None  # no validation numbers to spoil
 
 
 def test_distillation_settings_are_checked():

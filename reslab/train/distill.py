@@ -51,9 +51,10 @@ def teacher_checkpoint(source: str) -> Checkpoint:
 
 
 def check_teacher(checkpoint: Checkpoint, source: str, data: ImageArrays, eval_split: str | None,
-                  val_fraction: float) -> None:
+                  val_fraction: float) -> str | None:
     """Refuse a teacher that predicts other classes, reads other images, or has seen the images the
-    student is evaluated on (its soft labels would carry them into the student's numbers)."""
+    student is evaluated on (its soft labels would carry them into the student's numbers). Returns a
+    warning when the checkpoint does not say what it was trained on (weights converted from elsewhere)."""
     if checkpoint.classes != data.classes:
         raise ConfigError(f"teacher {source}: its classes ({len(checkpoint.classes)}: {checkpoint.classes[0]!r}...) "
                           f"are not {data.name}'s ({len(data.classes)}: {data.classes[0]!r}...)")
@@ -67,6 +68,10 @@ def check_teacher(checkpoint: Checkpoint, source: str, data: ImageArrays, eval_s
     if eval_split == "val" and trained.get("val_fraction", val_fraction) != val_fraction:
         raise ConfigError(f"teacher {source} held out val_fraction {trained['val_fraction']}, this run "
                           f"{val_fraction}: its training images overlap this run's validation images")
+    if eval_split == "val" and "train_split" not in trained:
+        return (f"warning: teacher {source} does not record what it was trained on; if it saw this run's "
+                "validation images, the validation numbers will read too well")
+    return None
 
 
 def load_teacher(source: str, checkpoint: Checkpoint, device: torch.device, memory_format: torch.memory_format) -> Teacher:

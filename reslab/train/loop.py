@@ -223,7 +223,9 @@ def _fit(config: TrainConfig, device: torch.device, ctx: distributed.DistContext
         optimizer.load_state_dict(checkpoint.optimizer_state)
     teacher = None
     if config.teacher:
-        teacher, config = _prepare_teacher(config, train_data, device, memory_format)
+        teacher, config, warning = _prepare_teacher(config, train_data, device, memory_format)
+        if warning:
+            log.line(warning)
     # The teacher's own normalisation of each augmented batch, where it differs from the student's.
     teacher_normalizer = None if teacher is None or teacher.normalizer.same_as(normalizer) else teacher.normalizer
     train_module = distributed.wrap(model, ctx, device, config.sync_bn)
@@ -391,19 +393,19 @@ def _fit(config: TrainConfig, device: torch.device, ctx: distributed.DistContext
 
 
 def _prepare_teacher(config: TrainConfig, data: ImageArrays, device: torch.device,
-                     memory_format: torch.memory_format) -> tuple[Teacher, TrainConfig]:
+                     memory_format: torch.memory_format) -> tuple[Teacher, TrainConfig, str | None]:
     """Load and check the teacher. A new run records the teacher's file (absolute) and SHA-256 in its
     config; a resumed one must find the same file there, or it would distil from another network."""
     checkpoint = teacher_checkpoint(config.teacher)
-    check_teacher(checkpoint, config.teacher, data, config.eval_split, config.val_fraction)
+    warning = check_teacher(checkpoint, config.teacher, data, config.eval_split, config.val_fraction)
     teacher = load_teacher(config.teacher, checkpoint, device, memory_format)
     if config.teacher_sha256 is None:
         where = str(checkpoint.path.resolve()) if Path(config.teacher).exists() else config.teacher
-        return teacher, dataclasses.replace(config, teacher=where, teacher_sha256=teacher.sha256)
+        return teacher, dataclasses.replace(config, teacher=where, teacher_sha256=teacher.sha256), warning
     if config.teacher_sha256 != teacher.sha256:
         raise CheckpointError(f"teacher {config.teacher} has changed since this run started (SHA-256 "
                               f"{teacher.sha256[:12]}..., the run recorded {config.teacher_sha256[:12]}...)")
-    return teacher, config
+    return teacher, config, warning
 
 
 def _epoch_line(row: dict[str, Any], total_steps: int) -> str:
