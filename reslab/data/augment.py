@@ -48,6 +48,9 @@ class Normalizer:
     def to_dict(self) -> dict[str, list]:
         return {"mean": self.mean.tolist(), "std": self.std.tolist()}
 
+    def to(self, device: str | torch.device) -> "Normalizer":
+        return Normalizer(self.mean.to(device), self.std.to(device))
+
     def same_as(self, other: "Normalizer") -> bool:
         return (self.mean.shape == other.mean.shape and torch.equal(self.mean.cpu(), other.mean.cpu())
                 and torch.equal(self.std.cpu(), other.std.cpu()))

@@ -39,7 +39,7 @@ class TrainLoader:
         self.images = data.images.to(self.device)
         self.labels = data.labels.to(self.device)
         self.batch_size = batch_size
-        self.normalizer = Normalizer(normalizer.mean.to(self.device), normalizer.std.to(self.device))
+        self.normalizer = normalizer.to(self.device)
         self.augment = augment if augment is not None else data.augment
         self.seed, self.rank, self.world_size = seed, rank, world_size
         self.cutout_size = cutout_size  # 0: no cutout
@@ -58,8 +58,7 @@ class TrainLoader:
         With ``second_normalizer``, ``(x, y, x2)``: ``x2`` is the same images under the same crops,
         flips and cutout, normalised with the other statistics (a distillation teacher's input)."""
         order = self.permutation(epoch)
-        other = None if second_normalizer is None else Normalizer(second_normalizer.mean.to(self.device),
-                                                                  second_normalizer.std.to(self.device))
+        other = None if second_normalizer is None else second_normalizer.to(self.device)
         for index in range(start, len(self)):
             idx = order[index * self.batch_size:(index + 1) * self.batch_size]
             images, seed = self.images[idx], _batch_seed(self.seed, epoch, index)

@@ -93,20 +93,19 @@ class TrainConfig:
             if not ok:
                 raise ConfigError(message)
 
-        for f in dataclasses.fields(self):  # a switch given as "yes" or "maybe" would read as on
-            if isinstance(f.default, bool):
-                need(isinstance(getattr(self, f.name), bool), f"{f.name} must be true or false, got {getattr(self, f.name)!r}")
-        for f in dataclasses.fields(self):  # "abc" for a number would fail a comparison below with a traceback
-            kind, value = f.type.split(" | ")[0], getattr(self, f.name)
-            if kind not in ("int", "float"):
-                continue
-            if value is None:
-                need(f.type.endswith("| None"), f"{f.name} must be a number, got null")
-                continue
-            whole = kind == "int"
-            need(not isinstance(value, bool) and isinstance(value, int if whole else (int, float)),
-                 f"{f.name} must be {'a whole number' if whole else 'a number'}, got {value!r}")
-            need(whole or math.isfinite(value), f"{f.name} must be a finite number, got {value!r}")
+        # Every field's type first: a switch given as "yes" would read as on, and "abc" for a number
+        # would fail a comparison below with a traceback.
+        for f in dataclasses.fields(self):
+            kind, optional, value = _declared_type(f), str(f.type).endswith("| None"), getattr(self, f.name)
+            if kind == "bool":
+                need(isinstance(value, bool), f"{f.name} must be true or false, got {value!r}")
+            elif kind in ("int", "float") and value is None:
+                need(optional, f"{f.name} must be a number, got null")
+            elif kind in ("int", "float"):
+                whole = kind == "int"
+                need(not isinstance(value, bool) and isinstance(value, int if whole else (int, float)),
+                     f"{f.name} must be {'a whole number' if whole else 'a number'}, got {value!r}")
+                need(whole or math.isfinite(value), f"{f.name} must be a finite number, got {value!r}")
         need(self.schedule in SCHEDULES, f"schedule must be one of {', '.join(SCHEDULES)}, got {self.schedule!r}")
         need(self.optimizer in OPTIMIZERS, f"optimizer must be one of {', '.join(OPTIMIZERS)}, got {self.optimizer!r}")
         need(self.device in DEVICES, f"device must be one of {', '.join(DEVICES)}, got {self.device!r}")
@@ -125,12 +124,12 @@ class TrainConfig:
              "distill_weight and distill_temperature need a teacher (--teacher)")
         need(self.teacher is None or (isinstance(self.teacher, str) and self.teacher != ""),
              f"teacher must be a checkpoint, run folder or bundled model name, got {self.teacher!r}")
+        need(self.teacher is not None or self.teacher_sha256 is None, "teacher_sha256 is recorded for a teacher; set teacher too")
         need(self.iterations is not None or self.epochs is not None, "set iterations or epochs")
         need(self.iterations is None or (isinstance(self.iterations, int) and self.iterations > 0),
              f"iterations must be a positive integer, got {self.iterations!r}")
         need(self.epochs is None or self.epochs > 0, f"epochs must be positive, got {self.epochs}")
-        need(isinstance(self.cutout, int) and not isinstance(self.cutout, bool) and self.cutout >= 0,
-             f"cutout must be a whole number of pixels >= 0, got {self.cutout!r}")
+        need(self.cutout >= 0, f"cutout must be a whole number of pixels >= 0, got {self.cutout!r}")
         need(self.eval_every >= 1, f"eval_every must be >= 1, got {self.eval_every}")
         need(self.train_split in ("train", "trainval"), f"train_split must be train or trainval, got {self.train_split!r}")
         need(self.eval_split in (None, "val", "test"), f"eval_split must be val, test or none, got {self.eval_split!r}")
@@ -149,6 +148,13 @@ class TrainConfig:
 
     def dump(self) -> str:
         return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+
+def _declared_type(f: dataclasses.Field) -> str:
+    """``"int"`` for ``int`` or ``int | None``: the annotation is a string here (``from __future__
+    import annotations``), a type object elsewhere."""
+    annotation = f.type if isinstance(f.type, str) else getattr(f.type, "__name__", str(f.type))
+    return annotation.split("|")[0].strip()
 
 
 def _valid_milestones(milestones: Any) -> bool:
