@@ -94,7 +94,8 @@ TRAIN_FLAGS = {
     "--channels": ("channels", int, "image folders: 3 (RGB) or 1 (grayscale)"),
     "--init-from": ("init_from", str, "start from the weights of this checkpoint"),
     "--teacher": ("teacher", str, "distil from this checkpoint, run folder or bundled model (e.g. resnet56); "
-                                  "--set distill_weight=0.9 --set distill_temperature=4"),
+                                  "--set distill_weight=0.9 --set distill_temperature=4; --set teacher_mode=cached "
+                                  "computes its outputs once instead of every step"),
     "--out": ("out", str, "run directory (default runs/<model>-<data>-<time>)"),
 }
 

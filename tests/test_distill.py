@@ -14,7 +14,8 @@ from reslab.errors import CheckpointError, ConfigError
 from reslab.models.resnet import ResNet
 from reslab.train.checkpoint import load_checkpoint, save_checkpoint
 from reslab.train.config import resolve
-from reslab.train.distill import check_teacher, distillation_loss, load_teacher, teacher_checkpoint, training_loss
+from reslab.train.distill import (cached_teacher_logits, check_teacher, distillation_loss, load_teacher,
+                                  teacher_checkpoint, training_loss)
 
 
 def _tiny_config(*args, **kwargs):
@@ -65,6 +66,51 @@ def test_the_teacher_sees_the_same_augmented_images_under_its_own_normalisation(
     assert teacher.same_as(Normalizer.fit(data.images[:9])) and not teacher.same_as(student)
 
 
+def test_cached_targets_travel_with_their_images_in_every_shard():
+    # Image i is filled with the value i, and its target row holds i: a batch pairs them or it does not.
+    n = 48
+    images = torch.arange(n, dtype=torch.uint8).view(n, 1, 1, 1).expand(n, 3, 8, 8).contiguous()
+    data = ImageArrays(images, torch.arange(n) % 4, list("abcd"), "toy")
+    identity = Normalizer(torch.zeros(3), torch.full((3,), 1 / 255))  # x -> x
+    targets = torch.arange(n, dtype=torch.float32).view(n, 1).repeat(1, 4)
+    seen = []
+    for rank in range(2):
+        loader = TrainLoader(data, 16, identity, seed=5, rank=rank, world_size=2, cutout_size=0)
+        for x, y, t in loader.epoch(2, targets=targets):
+            # Crops (pad 4) pad with zeros and keep part of the 8x8 image, so its value is its largest pixel.
+            assert torch.equal(x.amax(dim=(1, 2, 3)).round(), t[:, 0]) and torch.equal(y, t[:, 0].long() % 4)
+            seen += t[:, 0].tolist()
+    assert sorted(seen) == list(range(n))  # every image once per epoch (48 = 3 full batches)
+    loader = TrainLoader(data, 16, identity)
+    with pytest.raises(ValueError, match="47 target rows for 48"):
+        next(loader.epoch(0, targets=targets[:47]))
+    with pytest.raises(ValueError, match="not both"):
+        next(loader.epoch(0, second_normalizer=identity, targets=targets))
+
+
+class _Brightness(torch.nn.Module):
+    """Logits that tell an image from its mirror image: the mean of each row's left and right halves."""
+
+    def forward(self, x):
+        half = x.shape[3] // 2
+        return torch.stack([x[..., :half].mean((1, 2, 3)), x[..., half:].mean((1, 2, 3))], 1)
+
+
+def test_cached_logits_are_the_teachers_on_each_image_and_its_mirror():
+    images = torch.randint(0, 256, (7, 3, 4, 6), dtype=torch.uint8)
+    normalizer = Normalizer.fit(images)
+    from reslab.train.distill import Teacher
+
+    teacher = Teacher(_Brightness(), normalizer, "toy", "0" * 64)
+    x = normalizer(images)
+    plain = cached_teacher_logits(teacher, images, mirrored=False, device=torch.device("cpu"), batch_size=3)
+    torch.testing.assert_close(plain, _Brightness()(x))
+    both = cached_teacher_logits(teacher, images, mirrored=True, device=torch.device("cpu"), batch_size=3)
+    torch.testing.assert_close(both, (_Brightness()(x) + _Brightness()(x.flip(3))) / 2)
+    assert not torch.allclose(plain, both)  # the mirror image does count
+    torch.testing.assert_close(both[:, 0], both[:, 1])  # left and right halves average out
+
+
 def test_bundled_models_are_teachers_by_name_and_unknown_names_say_what_exists():
     checkpoint = teacher_checkpoint("resnet56")
     assert checkpoint.spec.depth == 56 and checkpoint.classes[3] == "cat"
@@ -89,15 +135,17 @@ def test_students_taught_by_a_teacher_alone_learn_what_it_knows(tmp_path):
     with torch.no_grad():
         expected = checkpoint.build_model()(checkpoint.normalizer(data.images))
     torch.testing.assert_close(loaded.logits(checkpoint.normalizer(data.images)), expected, atol=1e-4, rtol=1e-4)
-    # distill_weight 1: the labels are never used, so the student knows what the teacher tells it.
-    taught = _fit(_tiny_config(tmp_path / "student", epochs=4, seed=1, teacher=str(tmp_path / "teacher"),
-                               distill_weight=1.0), quiet=True)
-    assert taught.history[-1]["eval_error"] < 0.3  # chance: 0.9; measured 0.06 (teacher 0.06)
+    # distill_weight 1: the labels are never used, so the student knows what the teacher tells it,
+    # whether the teacher reads every batch or its outputs were cached once.
     untrained = _untrained_teacher(tmp_path / "teacher" / "best.pt", tmp_path / "untrained.pt")
-    misled = _fit(_tiny_config(tmp_path / "misled", epochs=4, seed=1, teacher=str(untrained), distill_weight=1.0),
-                  quiet=True)
-    assert misled.history[-1]["eval_error"] > 0.6
-    saved = load_checkpoint(tmp_path / "student" / "last.pt").config
+    for mode in ("online", "cached"):
+        taught = _fit(_tiny_config(tmp_path / mode, epochs=4, seed=1, teacher=str(tmp_path / "teacher"),
+                                   distill_weight=1.0, teacher_mode=mode), quiet=True)
+        assert taught.history[-1]["eval_error"] < 0.3, mode  # chance: 0.9; measured 0.06 (teacher 0.06)
+        misled = _fit(_tiny_config(tmp_path / f"misled-{mode}", epochs=4, seed=1, teacher=str(untrained),
+                                   distill_weight=1.0, teacher_mode=mode), quiet=True)
+        assert misled.history[-1]["eval_error"] > 0.6, mode
+    saved = load_checkpoint(tmp_path / "online" / "last.pt").config
     assert saved["teacher"] == str((tmp_path / "teacher" / "best.pt").resolve()) and len(saved["teacher_sha256"]) == 64
 
 
@@ -112,6 +160,22 @@ def test_a_resumed_run_refuses_a_teacher_that_changed(tmp_path):
     _untrained_teacher(teacher, teacher)
     with pytest.raises(CheckpointError, match="has changed since this run started"):
         resume_run(tmp_path / "student", quiet=True)
+
+
+def test_a_run_with_cached_teacher_outputs_resumes_as_if_never_stopped(tmp_path):
+    from reslab.train.loop import resume_run
+    from test_train import strip_timing
+
+    _fit(_tiny_config(tmp_path / "teacher", epochs=2), quiet=True)
+    teacher = str(tmp_path / "teacher")
+    whole = _fit(_tiny_config(tmp_path / "whole", epochs=2, teacher=teacher, teacher_mode="cached"), quiet=True)
+    stopped = _fit(_tiny_config(tmp_path / "split", epochs=2, teacher=teacher, teacher_mode="cached"), quiet=True,
+                   should_stop=lambda step: step == 30)
+    assert stopped.status == "interrupted"
+    resumed = resume_run(tmp_path / "split", quiet=True)  # the cache is rebuilt: the same logits
+    assert strip_timing(resumed.history) == strip_timing(whole.history)
+    online = _fit(_tiny_config(tmp_path / "online", epochs=2, teacher=teacher), quiet=True)
+    assert strip_timing(online.history) != strip_timing(whole.history)  # augmented views, other targets
 
 
 def test_teachers_that_do_not_fit_the_run_are_refused(tmp_path, tiny_cifar):
@@ -138,6 +202,10 @@ def test_teachers_that_do_not_fit_the_run_are_refused(tmp_path, tiny_cifar):
 def test_distillation_settings_are_checked():
     with pytest.raises(ConfigError, match="need a teacher"):
         resolve("fast", overrides={"distill_weight": "0.5"})
+    with pytest.raises(ConfigError, match="need a teacher"):
+        resolve("fast", overrides={"teacher_mode": "cached"})
+    with pytest.raises(ConfigError, match="teacher_mode must be one of online, cached, got 'offline'"):
+        resolve("fast", overrides={"teacher": "t.pt", "teacher_mode": "offline"})
     with pytest.raises(ConfigError, match="distill_temperature must be a number"):
         resolve("fast", overrides={"teacher": "t.pt", "distill_temperature": "warm"})
     assert resolve("fast", overrides={"teacher": "2024-01-01"}).teacher == "2024-01-01"  # a name, not a date

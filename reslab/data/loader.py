@@ -51,19 +51,32 @@ class TrainLoader:
         g = torch.Generator().manual_seed(_batch_seed(self.seed, epoch, -1))
         return torch.randperm(len(self.images), generator=g).to(self.device)
 
-    def epoch(self, epoch: int, start: int = 0,
-              second_normalizer: Normalizer | None = None) -> Iterator[tuple[torch.Tensor, ...]]:
+    def epoch(self, epoch: int, start: int = 0, second_normalizer: Normalizer | None = None,
+              targets: torch.Tensor | None = None) -> Iterator[tuple[torch.Tensor, ...]]:
         """The batches ``(x, y)`` of ``epoch`` from batch index ``start`` on.
 
         With ``second_normalizer``, ``(x, y, x2)``: ``x2`` is the same images under the same crops,
-        flips and cutout, normalised with the other statistics (a distillation teacher's input)."""
+        flips and cutout, normalised with the other statistics (a distillation teacher's input).
+        With ``targets`` (one row per training image, in the data's order), ``(x, y, t)``: ``t`` holds
+        the rows of the batch's images (a cached teacher's logits)."""
+        if second_normalizer is not None and targets is not None:
+            raise ValueError("a batch carries either a second normalisation or per-image targets, not both")
+        if targets is not None and len(targets) != len(self.images):
+            raise ValueError(f"{len(targets)} target rows for {len(self.images)} training images")
         order = self.permutation(epoch)
         other = None if second_normalizer is None else second_normalizer.to(self.device)
+        rows = None if targets is None else targets.to(self.device)
         for index in range(start, len(self)):
             idx = order[index * self.batch_size:(index + 1) * self.batch_size]
             images, seed = self.images[idx], _batch_seed(self.seed, epoch, index)
-            x, y = self._augmented(images, self.normalizer, seed), self.labels[idx][self.rank::self.world_size]
-            yield (x, y) if other is None else (x, y, self._augmented(images, other, seed))
+            mine = slice(self.rank, None, self.world_size)
+            x, y = self._augmented(images, self.normalizer, seed), self.labels[idx][mine]
+            if other is not None:
+                yield x, y, self._augmented(images, other, seed)
+            elif rows is not None:
+                yield x, y, rows[idx][mine]
+            else:
+                yield x, y
 
     def _augmented(self, images: torch.Tensor, normalizer: Normalizer, seed: int) -> torch.Tensor:
         """This process's slice of the normalised, augmented batch; the augmentation depends on ``seed`` alone."""

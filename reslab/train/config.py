@@ -20,6 +20,7 @@ from .schedules import milestones_are_fractions
 SCHEDULES = ("multistep", "onecycle", "cosine", "constant")
 OPTIMIZERS = ("sgd", "adamw")
 DEVICES = ("auto", "cpu", "cuda", "mps")
+TEACHER_MODES = ("online", "cached")
 
 
 @dataclass
@@ -55,6 +56,11 @@ class TrainConfig:
     # settings (e.g. Tian et al. 2020, "Contrastive Representation Distillation", their KD baseline).
     distill_weight: float = 0.9
     distill_temperature: float = 4.0
+    # online: the teacher reads every augmented batch the student reads (one teacher forward per step).
+    # cached: its logits for each unaugmented training image (averaged with the mirror image's when
+    # training mirrors) are computed once when the run starts and teach every augmented view of that
+    # image: distillation at the cost of plain training, with targets that do not follow crops or cutout.
+    teacher_mode: str = "online"
     teacher_sha256: str | None = None  # recorded by the run when it starts; a resumed run checks it
     # Split each process's batch into this many micro-batches, summing their gradients (same update,
     # less memory; BN sees each micro-batch alone, as it sees each process's slice under DDP).
@@ -120,8 +126,10 @@ class TrainConfig:
         need(0 <= self.distill_weight <= 1, f"distill_weight must be in [0, 1], got {self.distill_weight}")
         need(self.distill_temperature > 0, f"distill_temperature must be positive, got {self.distill_temperature}")
         defaults = {f.name: f.default for f in dataclasses.fields(self)}
-        need(self.teacher is not None or all(getattr(self, k) == defaults[k] for k in ("distill_weight", "distill_temperature")),
-             "distill_weight and distill_temperature need a teacher (--teacher)")
+        need(self.teacher is not None or all(getattr(self, k) == defaults[k] for k in ("distill_weight", "distill_temperature", "teacher_mode")),
+             "distill_weight, distill_temperature and teacher_mode need a teacher (--teacher)")
+        need(self.teacher_mode in TEACHER_MODES,
+             f"teacher_mode must be one of {', '.join(TEACHER_MODES)}, got {self.teacher_mode!r}")
         need(self.teacher is None or (isinstance(self.teacher, str) and self.teacher != ""),
              f"teacher must be a checkpoint, run folder or bundled model name, got {self.teacher!r}")
         need(self.teacher is not None or self.teacher_sha256 is None, "teacher_sha256 is recorded for a teacher; set teacher too")

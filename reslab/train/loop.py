@@ -34,7 +34,7 @@ from ..models.resnet import NetSpec, ResNet
 from . import distributed
 from .checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from .config import TrainConfig
-from .distill import Teacher, check_teacher, load_teacher, teacher_checkpoint, training_loss
+from .distill import Teacher, cached_teacher_logits, check_teacher, load_teacher, teacher_checkpoint, training_loss
 from .evaluate import evaluate
 from .history import TensorBoard, write_history
 from .progress import Progress, format_seconds
@@ -226,8 +226,16 @@ def _fit(config: TrainConfig, device: torch.device, ctx: distributed.DistContext
         teacher, config, warning = _prepare_teacher(config, train_data, device, memory_format)
         if warning:
             log.line(warning)
+    cached_logits = None
+    if teacher is not None and config.teacher_mode == "cached":
+        started = time.monotonic()
+        cached_logits = cached_teacher_logits(teacher, train_data.images, loader.augment.flip, device)
+        agree = (cached_logits.argmax(1) == train_data.labels.to(device)).float().mean().item()
+        log.line(f"teacher {teacher.source}: logits for {len(cached_logits):,} training images cached in "
+                 f"{time.monotonic() - started:.0f} s (its top class is the label for {agree:.2%} of them)")
     # The teacher's own normalisation of each augmented batch, where it differs from the student's.
-    teacher_normalizer = None if teacher is None or teacher.normalizer.same_as(normalizer) else teacher.normalizer
+    teacher_normalizer = (None if teacher is None or cached_logits is not None or teacher.normalizer.same_as(normalizer)
+                          else teacher.normalizer)
     train_module = distributed.wrap(model, ctx, device, config.sync_bn)
     forward = torch.compile(train_module) if config.compile else train_module
     use_amp = (config.amp and device.type == "cuda") or (config.cpu_bf16 and device.type == "cpu")
@@ -257,7 +265,8 @@ def _fit(config: TrainConfig, device: torch.device, ctx: distributed.DistContext
     log.line(f"run {run_dir}: {spec.name} on {train_data.name} ({len(train_data):,} images), "
              f"{total_steps:,} steps of batch {config.batch_size} on {device}"
              + (f" x {ctx.world_size} processes" if ctx.enabled else "")
-             + (f", distilling {teacher.source} ({config.distill_weight:g} soft, T={config.distill_temperature:g})"
+             + (f", distilling {teacher.source} ({config.teacher_mode}, {config.distill_weight:g} soft, "
+                f"T={config.distill_temperature:g})"
                 if teacher else "")
              + (f", resuming at step {state_now.step}" if checkpoint else ""))
 
@@ -294,22 +303,24 @@ def _fit(config: TrainConfig, device: torch.device, ctx: distributed.DistContext
             seen = torch.tensor(state_now.seen, dtype=torch.int64, device=device)
             epoch_started = time.monotonic() - state_now.train_time_s
             model.train()
-            for batch in loader.epoch(state_now.epoch, state_now.batch, teacher_normalizer):
+            for batch in loader.epoch(state_now.epoch, state_now.batch, teacher_normalizer, cached_logits):
                 x, y = batch[0], batch[1]
-                x_teacher = batch[2] if len(batch) == 3 else x
+                # The teacher's input (its own normalisation, or the student's), or its cached logits.
+                for_teacher = batch[2] if len(batch) == 3 else x
                 lr = schedule(state_now.step, state_now.warming_up)
                 for group in optimizer.param_groups:
                     group["lr"] = lr
                 optimizer.zero_grad(set_to_none=True)
                 wrong = torch.zeros((), dtype=torch.int64, device=device)
                 for i in range(micro):
-                    xs, ys, ts = (x, y, x_teacher) if micro == 1 else (x[i::micro], y[i::micro], x_teacher[i::micro])
+                    xs, ys, ts = (x, y, for_teacher) if micro == 1 else (x[i::micro], y[i::micro], for_teacher[i::micro])
                     sync = contextlib.nullcontext() if (i == micro - 1 or not ctx.enabled) else train_module.no_sync()
                     with sync:
                         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
                             logits = forward(xs)
-                            loss = training_loss(logits.float(), ys, config.label_smoothing,
-                                                 teacher.logits(ts) if teacher else None,
+                            teacher_logits = (None if teacher is None else ts if cached_logits is not None
+                                              else teacher.logits(ts))
+                            loss = training_loss(logits.float(), ys, config.label_smoothing, teacher_logits,
                                                  config.distill_weight, config.distill_temperature)
                         (loss / micro if micro > 1 else loss).backward()
                     wrong += (logits.argmax(1) != ys).sum()
