@@ -101,7 +101,7 @@ def bundle(args: argparse.Namespace) -> None:
     extras = "".join([
         f"; cutout {c['cutout']}x{c['cutout']}" if c.get("cutout") else "",
         f"; distilled from `{Path(c['teacher']).name}` (SHA-256 {c['teacher_sha256'][:12]}..., weight "
-        f"{c['distill_weight']}, T {c['distill_temperature']}, teacher outputs {c.get('teacher_mode', 'online')})"
+        f"{c['distill_weight']}, T {c['distill_temperature']}, teacher mode {c.get('teacher_mode', 'online')})"
         if c.get("teacher") else "",
     ])
     card = f"""# {args.name} on {data} (bundled with reslab)

@@ -10,7 +10,8 @@ trained with per-pixel mean subtraction and one trained with per-channel statist
 their inputs differently. One forward pass without gradients per (micro-)batch.
 
 With ``teacher_mode: cached`` the teacher reads each training image once, unaugmented (and its mirror
-image, when training mirrors), before the first step; those logits then teach every augmented view
+image, when training mirrors) before the first step, and again when the run resumes (on the same
+machine, the same logits); those logits then teach every augmented view
 of the image (``TrainLoader.epoch(targets=...)``). On a CPU, where a ResNet-56 teacher makes a
 ResNet-20 step about 1.7x as long, this buys distillation at the price of plain training; what it
 gives up is a teacher that sees the crop and the cutout square the student is shown.
@@ -34,7 +35,7 @@ from .checkpoint import Checkpoint, load_checkpoint
 
 @dataclass
 class Teacher:
-    model: nn.Module
+    model: nn.Module | None  # None once its outputs are cached (teacher_mode cached)
     normalizer: Normalizer
     source: str  # as given: a path or a bundled model's name
     sha256: str  # of the checkpoint file, so a resumed run can check it distils from the same network

@@ -229,10 +229,12 @@ def _fit(config: TrainConfig, device: torch.device, ctx: distributed.DistContext
     cached_logits = None
     if teacher is not None and config.teacher_mode == "cached":
         started = time.monotonic()
-        cached_logits = cached_teacher_logits(teacher, train_data.images, loader.augment.flip, device)
-        agree = (cached_logits.argmax(1) == train_data.labels.to(device)).float().mean().item()
+        cached_logits = cached_teacher_logits(teacher, loader.images, loader.augment.flip, device,
+                                              config.eval_batch_size)
+        agree = (cached_logits.argmax(1) == loader.labels).float().mean().item()
         log.line(f"teacher {teacher.source}: logits for {len(cached_logits):,} training images cached in "
                  f"{time.monotonic() - started:.0f} s (its top class is the label for {agree:.2%} of them)")
+        teacher = dataclasses.replace(teacher, model=None)  # not needed again: free its memory
     # The teacher's own normalisation of each augmented batch, where it differs from the student's.
     teacher_normalizer = (None if teacher is None or cached_logits is not None or teacher.normalizer.same_as(normalizer)
                           else teacher.normalizer)
@@ -305,21 +307,26 @@ def _fit(config: TrainConfig, device: torch.device, ctx: distributed.DistContext
             model.train()
             for batch in loader.epoch(state_now.epoch, state_now.batch, teacher_normalizer, cached_logits):
                 x, y = batch[0], batch[1]
-                # The teacher's input (its own normalisation, or the student's), or its cached logits.
-                for_teacher = batch[2] if len(batch) == 3 else x
+                # What the teacher gets: its own normalisation of the batch, the student's, or the
+                # batch's rows of its cached logits.
+                teacher_view = batch[2] if len(batch) == 3 else x
                 lr = schedule(state_now.step, state_now.warming_up)
                 for group in optimizer.param_groups:
                     group["lr"] = lr
                 optimizer.zero_grad(set_to_none=True)
                 wrong = torch.zeros((), dtype=torch.int64, device=device)
                 for i in range(micro):
-                    xs, ys, ts = (x, y, for_teacher) if micro == 1 else (x[i::micro], y[i::micro], for_teacher[i::micro])
+                    xs, ys, ts = (x, y, teacher_view) if micro == 1 else (x[i::micro], y[i::micro], teacher_view[i::micro])
                     sync = contextlib.nullcontext() if (i == micro - 1 or not ctx.enabled) else train_module.no_sync()
                     with sync:
                         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
                             logits = forward(xs)
-                            teacher_logits = (None if teacher is None else ts if cached_logits is not None
-                                              else teacher.logits(ts))
+                            if teacher is None:
+                                teacher_logits = None
+                            elif cached_logits is not None:
+                                teacher_logits = ts
+                            else:
+                                teacher_logits = teacher.logits(ts)
                             loss = training_loss(logits.float(), ys, config.label_smoothing, teacher_logits,
                                                  config.distill_weight, config.distill_temperature)
                         (loss / micro if micro > 1 else loss).backward()
