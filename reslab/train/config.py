@@ -126,7 +126,8 @@ class TrainConfig:
         need(0 <= self.distill_weight <= 1, f"distill_weight must be in [0, 1], got {self.distill_weight}")
         need(self.distill_temperature > 0, f"distill_temperature must be positive, got {self.distill_temperature}")
         defaults = {f.name: f.default for f in dataclasses.fields(self)}
-        need(self.teacher is not None or all(getattr(self, k) == defaults[k] for k in ("distill_weight", "distill_temperature", "teacher_mode")),
+        teacher_settings = ("distill_weight", "distill_temperature", "teacher_mode")
+        need(self.teacher is not None or all(getattr(self, k) == defaults[k] for k in teacher_settings),
              "distill_weight, distill_temperature and teacher_mode need a teacher (--teacher)")
         need(self.teacher_mode in TEACHER_MODES,
              f"teacher_mode must be one of {', '.join(TEACHER_MODES)}, got {self.teacher_mode!r}")

@@ -11,10 +11,10 @@ their inputs differently. One forward pass without gradients per (micro-)batch.
 
 With ``teacher_mode: cached`` the teacher reads each training image once, unaugmented (and its mirror
 image, when training mirrors) before the first step, and again when the run resumes (on the same
-machine, the same logits); those logits then teach every augmented view
-of the image (``TrainLoader.epoch(targets=...)``). On a CPU, where a ResNet-56 teacher makes a
-ResNet-20 step about 1.7x as long, this buys distillation at the price of plain training; what it
-gives up is a teacher that sees the crop and the cutout square the student is shown.
+machine, the same logits); those logits then teach every augmented view of the image
+(``TrainLoader.epoch(targets=...)``). On a CPU, where a ResNet-56 teacher makes a ResNet-20 step
+about 1.7x as long, this buys distillation at the price of plain training; what it gives up is a
+teacher that sees the crop and the cutout square the student is shown.
 """
 
 from __future__ import annotations

@@ -316,7 +316,10 @@ def _fit(config: TrainConfig, device: torch.device, ctx: distributed.DistContext
                 optimizer.zero_grad(set_to_none=True)
                 wrong = torch.zeros((), dtype=torch.int64, device=device)
                 for i in range(micro):
-                    xs, ys, ts = (x, y, teacher_view) if micro == 1 else (x[i::micro], y[i::micro], teacher_view[i::micro])
+                    if micro == 1:
+                        xs, ys, ts = x, y, teacher_view
+                    else:
+                        xs, ys, ts = x[i::micro], y[i::micro], teacher_view[i::micro]
                     sync = contextlib.nullcontext() if (i == micro - 1 or not ctx.enabled) else train_module.no_sync()
                     with sync:
                         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
