@@ -194,7 +194,9 @@ def test_ctrl_c_stops_parallel_members_with_checkpoints_and_a_rerun_finishes(tmp
     time.sleep(0.5)
     parent.send_signal(signal.SIGINT)
     _, err = parent.communicate(timeout=120)
-    assert parent.returncode == 130 and "interrupted" in err
+    # Once (1 of 30+ CI runs, stop 14) this read 0: the whole experiment had finished. Say what it printed.
+    assert parent.returncode == 130 and "interrupted" in err, (parent.returncode, err[-2000:],
+                                                               sorted(p.name for p in members.glob("*/summary.json")))
     stopped = [d for d in members.iterdir() if (d / "last.pt").exists() and not (d / "summary.json").exists()]
     assert len(stopped) == 2  # each running member saved a checkpoint when the experiment was stopped
     rerun = subprocess.run(command, capture_output=True, text=True, timeout=300)
