@@ -58,8 +58,9 @@ class TrainConfig:
     distill_temperature: float = 4.0
     # online: the teacher reads every augmented batch the student reads (one teacher forward per step).
     # cached: its logits for each unaugmented training image (averaged with the mirror image's when
-    # training mirrors) are computed once when the run starts and teach every augmented view of that
-    # image: distillation at the cost of plain training, with targets that do not follow crops or cutout.
+    # training mirrors) are computed when the run starts (and again when it resumes) and teach every
+    # augmented view of that image: distillation at the cost of plain training, with targets that do
+    # not follow crops or cutout.
     teacher_mode: str = "online"
     teacher_sha256: str | None = None  # recorded by the run when it starts; a resumed run checks it
     # Split each process's batch into this many micro-batches, summing their gradients (same update,
