@@ -31,6 +31,7 @@ from ..tables import format_table
 from ..train.config import resolve
 from ..train.recipes import recipe_values
 from ..train.history import read_history
+from ..train.interrupt import StopFlag
 from ..train.loop import fit, resume_run
 from ..train.schedules import milestone_steps
 
@@ -135,27 +136,33 @@ def _run_parallel(settings: ExperimentSettings, pending: list[Member], configs: 
     queue = sorted(pending, key=lambda m: -m.depth)
     running: list[tuple[Member, subprocess.Popen, Any, int]] = []
     failures: list[str] = []
-    try:
-        _drive(settings, queue, running, configs, failures)
-    finally:  # interrupted (Ctrl-C) or failed to start one: stop the others, each checkpoints and exits
-        for _, proc, err, _ in running:
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGINT)
-        for _, proc, err, _ in running:
-            try:
-                proc.wait(timeout=STOP_WAIT_S)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-            err.close()
+    # Ctrl-C only sets the flag; _drive raises KeyboardInterrupt where it looks, so the interrupt
+    # cannot vanish inside a destructor (a Popen or file being collected) and let the run carry on.
+    with StopFlag() as stop:
+        try:
+            _drive(settings, queue, running, configs, failures, stop)
+        finally:  # interrupted (Ctrl-C) or failed to start one: stop the others, each checkpoints and exits
+            for _, proc, err, _ in running:
+                if proc.poll() is None:
+                    proc.send_signal(signal.SIGINT)
+            for _, proc, err, _ in running:
+                try:
+                    proc.wait(timeout=STOP_WAIT_S)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.wait()
+                err.close()
     if failures:
         raise ConfigError("members failed: " + "; ".join(failures))
 
 
 def _drive(settings: ExperimentSettings, queue: list[Member], running: list, configs: dict,
-           failures: list[str]) -> None:
-    """Start queued members while slots are free; collect those that finish (removing them from ``running``)."""
+           failures: list[str], stop: StopFlag) -> None:
+    """Start queued members while slots are free; collect those that finish (removing them from ``running``).
+    Raises KeyboardInterrupt once ``stop`` is requested."""
     while queue or running:
+        if stop.requested:
+            raise KeyboardInterrupt
         while queue and len(running) < settings.jobs:
             m = queue.pop(0)
             run_dir = _member_dir(settings, m)
@@ -189,6 +196,8 @@ def _drive(settings: ExperimentSettings, queue: list[Member], running: list, con
                 last_line = err.read().strip().splitlines()[-1:] or [f"exit status {proc.returncode}"]
                 failures.append(f"{m.name}: {last_line[0]}")
             err.close()
+    if stop.requested:  # pressed as the last member finished: still an interruption, as the user meant
+        raise KeyboardInterrupt
 
 
 def _final(history: list[dict[str, Any]], key: str) -> float | None:

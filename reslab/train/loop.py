@@ -14,7 +14,6 @@ import dataclasses
 import json
 import math
 import os
-import signal
 import time
 from collections import deque
 from dataclasses import dataclass, field
@@ -37,6 +36,7 @@ from .config import TrainConfig
 from .distill import Teacher, cached_teacher_logits, check_teacher, load_teacher, teacher_checkpoint, training_loss
 from .evaluate import evaluate
 from .history import TensorBoard, write_history
+from .interrupt import StopFlag
 from .progress import Progress, format_seconds
 from .schedules import milestone_steps, schedule_for
 
@@ -133,30 +133,6 @@ def default_run_dir(config: TrainConfig) -> Path:
 def elastic_restart() -> bool:
     """True in a worker that torchrun restarted after a failure (it should resume)."""
     return int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")) > 0
-
-
-class _StopFlag:
-    """First Ctrl-C asks the loop to stop at the next step boundary (and save); a second one aborts."""
-
-    def __init__(self) -> None:
-        self.requested = False
-        self._previous: Any = None
-
-    def __enter__(self) -> "_StopFlag":
-        try:
-            self._previous = signal.signal(signal.SIGINT, self._handle)
-        except ValueError:  # not the main thread: no handler, Ctrl-C behaves as usual
-            self._previous = None
-        return self
-
-    def _handle(self, *_: Any) -> None:
-        if self.requested:
-            raise KeyboardInterrupt
-        self.requested = True
-
-    def __exit__(self, *_: Any) -> None:
-        if self._previous is not None:
-            signal.signal(signal.SIGINT, self._previous)
 
 
 def fit(config: TrainConfig, *, resume: bool = False, quiet: bool = False,
@@ -298,7 +274,7 @@ def _fit(config: TrainConfig, device: torch.device, ctx: distributed.DistContext
             return state_now.step % SYNC_EVERY == 0 and distributed.any_true(local_request, ctx, device)
         return local_request
 
-    with _StopFlag() as stop:
+    with StopFlag() as stop:
         while state_now.step < total_steps:
             loss_sum = torch.tensor(state_now.loss_sum, dtype=torch.float64, device=device)
             correct = torch.tensor(state_now.correct, dtype=torch.int64, device=device)

@@ -1,0 +1,35 @@
+"""Ctrl-C as a request: the handler only records it, and the code that owns the work decides where to stop.
+
+A KeyboardInterrupt raised at an arbitrary bytecode can land inside a destructor or a cleanup, where
+Python prints "Exception ignored in ..." and carries on as if nothing happened; a flag read at known
+points cannot be lost that way.
+"""
+
+from __future__ import annotations
+
+import signal
+from typing import Any
+
+
+class StopFlag:
+    """First Ctrl-C sets ``requested``; a second one raises KeyboardInterrupt at once (the user insists)."""
+
+    def __init__(self) -> None:
+        self.requested = False
+        self._previous: Any = None
+
+    def __enter__(self) -> "StopFlag":
+        try:
+            self._previous = signal.signal(signal.SIGINT, self._handle)
+        except ValueError:  # not the main thread: no handler, Ctrl-C behaves as usual
+            self._previous = None
+        return self
+
+    def _handle(self, *_: Any) -> None:
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+
+    def __exit__(self, *_: Any) -> None:
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)
