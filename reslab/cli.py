@@ -93,7 +93,8 @@ TRAIN_FLAGS = {
     "--image-size": ("image_size", int, "image folders: resize and centre-crop to this side"),
     "--channels": ("channels", int, "image folders: 3 (RGB) or 1 (grayscale)"),
     "--init-from": ("init_from", str, "start from the weights of this checkpoint"),
-    "--teacher": ("teacher", str, "distil from this checkpoint, run folder or bundled model (e.g. resnet56); "
+    "--teacher": ("teacher", str, "distil from this checkpoint, run folder or bundled model (e.g. resnet56), or "
+                                  "from the mean of several joined with + (resnet56+resnet20); "
                                   "--set distill_weight=0.9 --set distill_temperature=4; --set teacher_mode=cached "
                                   "computes its outputs once instead of every step"),
     "--out": ("out", str, "run directory (default runs/<model>-<data>-<time>)"),

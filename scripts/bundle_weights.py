@@ -30,7 +30,17 @@ from reslab.fileio import atomic_write_text  # noqa: E402
 from reslab.inference import with_test_time_augmentation  # noqa: E402
 from reslab.train.checkpoint import (Checkpoint, checkpoint_dataset, load_checkpoint,  # noqa: E402
                                      mirrored_in_training, save_checkpoint)
+from reslab.train.distill import ENSEMBLE_JOIN, teacher_sources  # noqa: E402
 from reslab.train.evaluate import evaluate  # noqa: E402
+
+
+def teacher_names(teacher: str) -> str:
+    """The teacher's file or bundled name, each member's for an ensemble (``resnet56+resnet20``)."""
+    return ENSEMBLE_JOIN.join(Path(source).name for source in teacher_sources(teacher))
+
+
+def short_shas(shas: str) -> str:
+    return ENSEMBLE_JOIN.join(f"{sha[:12]}..." for sha in shas.split(ENSEMBLE_JOIN))
 
 
 def measure(checkpoint: Checkpoint, arrays: ImageArrays, tta: str):
@@ -100,7 +110,7 @@ def bundle(args: argparse.Namespace) -> None:
                       for r in history)
     extras = "".join([
         f"; cutout {c['cutout']}x{c['cutout']}" if c.get("cutout") else "",
-        f"; distilled from `{Path(c['teacher']).name}` (SHA-256 {c['teacher_sha256'][:12]}..., weight "
+        f"; distilled from `{teacher_names(c['teacher'])}` (SHA-256 {short_shas(c['teacher_sha256'])}, weight "
         f"{c['distill_weight']}, T {c['distill_temperature']}, teacher mode {c.get('teacher_mode', 'online')})"
         if c.get("teacher") else "",
     ])

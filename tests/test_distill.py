@@ -15,7 +15,7 @@ from reslab.models.resnet import ResNet
 from reslab.train.checkpoint import load_checkpoint, save_checkpoint
 from reslab.train.config import resolve
 from reslab.train.distill import (Teacher, cached_teacher_logits, check_teacher, distillation_loss, load_teacher,
-                                  teacher_checkpoint, training_loss)
+                                  teacher_checkpoint, teacher_sources, training_loss)
 
 
 def _tiny_config(*args, **kwargs):
@@ -194,6 +194,34 @@ def test_cached_teacher_outputs_include_the_mirror_image_when_training_mirrors(t
     assert mirrored == [True, False]
 
 
+def test_an_ensemble_of_teachers_teaches_the_mean_of_their_logits(tmp_path):
+    for seed in (0, 1):
+        _fit(_tiny_config(tmp_path / f"t{seed}", epochs=1, seed=seed), quiet=True)
+    first, second = (load_checkpoint(tmp_path / f"t{seed}") for seed in (0, 1))
+    both = f"{tmp_path / 't0'}+{tmp_path / 't1'}"
+    assert teacher_sources(both) == [str(tmp_path / "t0"), str(tmp_path / "t1")]
+    ensemble = load_teacher(both, [first, second], torch.device("cpu"), torch.contiguous_format)
+    alone = [load_teacher("t", c, torch.device("cpu"), torch.contiguous_format) for c in (first, second)]
+    x = first.normalizer(load_dataset("digits", "val", DataOptions()).images[:50])
+    torch.testing.assert_close(ensemble.logits(x), (alone[0].logits(x) + alone[1].logits(x)) / 2)
+    assert not torch.allclose(alone[0].logits(x), alone[1].logits(x), atol=1e-3)  # two different networks
+    assert ensemble.sha256 == f"{alone[0].sha256}+{alone[1].sha256}"
+    # A run records both members' files and checksums, and a member that changes is noticed on resume.
+    student = _fit(_tiny_config(tmp_path / "student", epochs=1, teacher=both, teacher_mode="cached"), quiet=True)
+    assert student.status == "finished"
+    saved = load_checkpoint(tmp_path / "student" / "last.pt").config
+    assert saved["teacher"] == "+".join(str((tmp_path / f"t{s}" / "best.pt").resolve()) for s in (0, 1))
+    assert saved["teacher_sha256"] == ensemble.sha256
+    # One view of each batch for all members: they must normalise alike.
+    other = replace(second, normalizer=Normalizer(second.normalizer.mean + 0.1, second.normalizer.std))
+    with pytest.raises(ConfigError, match="must normalise their inputs alike"):
+        load_teacher(both, [first, other], torch.device("cpu"), torch.contiguous_format)
+    with pytest.raises(ConfigError, match="an empty name between the '\\+'"):
+        teacher_sources("resnet56+")
+    plus = shutil.copy(tmp_path / "t0" / "best.pt", tmp_path / "a+b.pt")  # a file whose name has a +
+    assert teacher_sources(str(plus)) == [str(plus)]
+
+
 def test_teachers_that_do_not_fit_the_run_are_refused(tmp_path, tiny_cifar):
     _fit(_tiny_config(tmp_path / "digits", epochs=1), quiet=True)
     config = _tiny_config(tmp_path / "s1", data="cifar10", data_root=str(tiny_cifar), teacher=str(tmp_path / "digits"))
@@ -225,3 +253,16 @@ def test_distillation_settings_are_checked():
     with pytest.raises(ConfigError, match="distill_temperature must be a number"):
         resolve("fast", overrides={"teacher": "t.pt", "distill_temperature": "warm"})
     assert resolve("fast", overrides={"teacher": "2024-01-01"}).teacher == "2024-01-01"  # a name, not a date
+
+
+def test_the_model_card_names_each_member_of_an_ensemble_teacher():
+    import importlib.util
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[1] / "scripts" / "bundle_weights.py"
+    spec = importlib.util.spec_from_file_location("bundle_weights", script)
+    bundle = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bundle)
+    assert bundle.teacher_names("/runs/r56/best.pt+resnet20") == "best.pt+resnet20"
+    assert bundle.teacher_names("resnet56") == "resnet56"
+    assert bundle.short_shas("a" * 64 + "+" + "b" * 64) == "aaaaaaaaaaaa...+bbbbbbbbbbbb..."

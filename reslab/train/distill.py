@@ -15,6 +15,9 @@ machine, the same logits); those logits then teach every augmented view of the i
 (``TrainLoader.epoch(targets=...)``). On a CPU, where a ResNet-56 teacher makes a ResNet-20 step
 about 1.7x as long, this buys distillation at the price of plain training; what it gives up is a
 teacher that sees the crop and the cutout square the student is shown.
+
+Several teachers joined with ``+`` (``resnet56+resnet20``) teach as one: the mean of their logits,
+the ensemble of Hinton et al. Sec. 3. They must share one input normalisation, since they read one view.
 """
 
 from __future__ import annotations
@@ -33,16 +36,40 @@ from ..inference import optimize_for_inference
 from .checkpoint import Checkpoint, load_checkpoint
 
 
+ENSEMBLE_JOIN = "+"
+
+
+class MeanLogits(nn.Module):
+    """An ensemble of teachers: the mean of their float32 logits."""
+
+    def __init__(self, members: list[nn.Module]):
+        super().__init__()
+        self.members = nn.ModuleList(members)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.stack([member(x).float() for member in self.members]).mean(0)
+
+
 @dataclass
 class Teacher:
     model: nn.Module | None  # None once its outputs are cached (teacher_mode cached)
     normalizer: Normalizer
     source: str  # as given: a path or a bundled model's name
-    sha256: str  # of the checkpoint file, so a resumed run can check it distils from the same network
+    sha256: str  # of the checkpoint file (files, +-joined), so a resumed run can check it distils from the same
 
     @torch.no_grad()
     def logits(self, x: torch.Tensor) -> torch.Tensor:
         return self.model(x).float()
+
+
+def teacher_sources(teacher: str) -> list[str]:
+    """The members of ``teacher``: itself when it names an existing file or folder, else its +-joined parts."""
+    if Path(teacher).exists() or ENSEMBLE_JOIN not in teacher:
+        return [teacher]
+    parts = teacher.split(ENSEMBLE_JOIN)
+    if "" in parts:
+        raise ConfigError(f"teacher {teacher!r}: an empty name between the '+' of an ensemble")
+    return parts
 
 
 def teacher_checkpoint(source: str) -> Checkpoint:
@@ -81,14 +108,23 @@ def check_teacher(checkpoint: Checkpoint, source: str, data: ImageArrays, eval_s
     return None
 
 
-def load_teacher(source: str, checkpoint: Checkpoint, device: torch.device, memory_format: torch.memory_format) -> Teacher:
-    """The teacher in eval mode on ``device``, BN folded into its convolutions (it never trains)."""
+def load_teacher(source: str, checkpoints: Checkpoint | list[Checkpoint], device: torch.device,
+                 memory_format: torch.memory_format) -> Teacher:
+    """The teacher in eval mode on ``device``, BN folded into its convolutions (it never trains); from
+    several checkpoints, their ensemble (``MeanLogits``)."""
     from ..models.pretrained import sha256
 
-    model = optimize_for_inference(checkpoint.build_model()).to(device, memory_format=memory_format)
+    if isinstance(checkpoints, Checkpoint):
+        checkpoints = [checkpoints]
+    normalizer = checkpoints[0].normalizer
+    if not all(c.normalizer.same_as(normalizer) for c in checkpoints[1:]):
+        raise ConfigError(f"teacher {source}: the members of an ensemble must normalise their inputs alike "
+                          "(they read one view of each batch); these were trained with different statistics")
+    models = [optimize_for_inference(c.build_model()).to(device, memory_format=memory_format) for c in checkpoints]
+    model = models[0] if len(models) == 1 else MeanLogits(models)
     for p in model.parameters():
         p.requires_grad_(False)
-    return Teacher(model, checkpoint.normalizer, source, sha256(checkpoint.path))
+    return Teacher(model, normalizer, source, ENSEMBLE_JOIN.join(sha256(c.path) for c in checkpoints))
 
 
 @torch.no_grad()

@@ -33,7 +33,8 @@ from ..models.resnet import NetSpec, ResNet
 from . import distributed
 from .checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from .config import TrainConfig
-from .distill import Teacher, cached_teacher_logits, check_teacher, load_teacher, teacher_checkpoint, training_loss
+from .distill import (ENSEMBLE_JOIN, Teacher, cached_teacher_logits, check_teacher, load_teacher, teacher_checkpoint,
+                      teacher_sources, training_loss)
 from .evaluate import evaluate
 from .history import TensorBoard, write_history
 from .interrupt import StopFlag
@@ -393,11 +394,14 @@ def _prepare_teacher(config: TrainConfig, data: ImageArrays, device: torch.devic
                      memory_format: torch.memory_format) -> tuple[Teacher, TrainConfig, str | None]:
     """Load and check the teacher. A new run records the teacher's file (absolute) and SHA-256 in its
     config; a resumed one must find the same file there, or it would distil from another network."""
-    checkpoint = teacher_checkpoint(config.teacher)
-    warning = check_teacher(checkpoint, config.teacher, data, config.eval_split, config.val_fraction)
-    teacher = load_teacher(config.teacher, checkpoint, device, memory_format)
+    sources = teacher_sources(config.teacher)
+    checkpoints = [teacher_checkpoint(source) for source in sources]
+    warnings = [check_teacher(c, source, data, config.eval_split, config.val_fraction) for source, c in zip(sources, checkpoints)]
+    warning = "\n".join(w for w in warnings if w) or None
+    teacher = load_teacher(config.teacher, checkpoints, device, memory_format)
     if config.teacher_sha256 is None:
-        where = str(checkpoint.path.resolve()) if Path(config.teacher).exists() else config.teacher
+        where = ENSEMBLE_JOIN.join(str(c.path.resolve()) if Path(source).exists() else source
+                                   for source, c in zip(sources, checkpoints))
         return teacher, dataclasses.replace(config, teacher=where, teacher_sha256=teacher.sha256), warning
     if config.teacher_sha256 != teacher.sha256:
         raise CheckpointError(f"teacher {config.teacher} has changed since this run started (SHA-256 "
