@@ -35,11 +35,17 @@ from reslab.train.evaluate import evaluate  # noqa: E402
 
 
 def teacher_names(teacher: str) -> str:
-    """The teacher's file or bundled name, each member's for an ensemble (``resnet56+resnet20``)."""
-    return ENSEMBLE_JOIN.join(Path(source).name for source in teacher_sources(teacher))
+    """The teacher's bundled name, file name, or run folder (for a run's best.pt or last.pt); each
+    member's for an ensemble (``resnet56+resnet20``)."""
+    def name(source: str) -> str:
+        path = Path(source)
+        return path.parent.name if path.name in ("best.pt", "last.pt") else path.name
+
+    return ENSEMBLE_JOIN.join(name(source) for source in teacher_sources(teacher))
 
 
 def short_shas(shas: str) -> str:
+    """The first 12 hex digits of each SHA-256, as the card shows them."""
     return ENSEMBLE_JOIN.join(f"{sha[:12]}..." for sha in shas.split(ENSEMBLE_JOIN))
 
 

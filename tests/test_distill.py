@@ -194,7 +194,7 @@ def test_cached_teacher_outputs_include_the_mirror_image_when_training_mirrors(t
     assert mirrored == [True, False]
 
 
-def test_an_ensemble_of_teachers_teaches_the_mean_of_their_logits(tmp_path):
+def test_an_ensemble_of_teachers_teaches_the_mean_of_their_logits(tmp_path, monkeypatch):
     for seed in (0, 1):
         _fit(_tiny_config(tmp_path / f"t{seed}", epochs=1, seed=seed), quiet=True)
     first, second = (load_checkpoint(tmp_path / f"t{seed}") for seed in (0, 1))
@@ -207,11 +207,29 @@ def test_an_ensemble_of_teachers_teaches_the_mean_of_their_logits(tmp_path):
     assert not torch.allclose(alone[0].logits(x), alone[1].logits(x), atol=1e-3)  # two different networks
     assert ensemble.sha256 == f"{alone[0].sha256}+{alone[1].sha256}"
     # A run records both members' files and checksums, and a member that changes is noticed on resume.
-    student = _fit(_tiny_config(tmp_path / "student", epochs=1, teacher=both, teacher_mode="cached"), quiet=True)
-    assert student.status == "finished"
+    from reslab.train.loop import resume_run
+
+    stopped = _fit(_tiny_config(tmp_path / "student", epochs=1, teacher=both, teacher_mode="cached"), quiet=True,
+                   should_stop=lambda step: step == 3)
+    assert stopped.status == "interrupted"
     saved = load_checkpoint(tmp_path / "student" / "last.pt").config
     assert saved["teacher"] == "+".join(str((tmp_path / f"t{s}" / "best.pt").resolve()) for s in (0, 1))
     assert saved["teacher_sha256"] == ensemble.sha256
+    _untrained_teacher(tmp_path / "t1" / "best.pt", tmp_path / "t1" / "best.pt")
+    with pytest.raises(CheckpointError, match=r"teacher \S*t1/best.pt \(SHA-256 .* has changed"):
+        resume_run(tmp_path / "student", quiet=True)
+    # Online, with micro-batches: the ensemble reads each micro-batch like a single teacher.
+    online = _fit(_tiny_config(tmp_path / "online", epochs=1, teacher=both, accumulation=2), quiet=True)
+    assert online.status == "finished" and online.history[-1]["eval_error"] < 0.9
+    # Members are recorded +-joined, so one whose path has a + in it would split wrongly on resume.
+    plus = tmp_path / "a+b"
+    for seed in (0, 1):
+        shutil.copytree(tmp_path / f"t{seed}", plus / f"t{seed}")
+    monkeypatch.chdir(plus)
+    with pytest.raises(ConfigError, match=r"member's path contains '\+' \(\S*a\+b/t0/best.pt\)"):
+        _fit(_tiny_config(tmp_path / "s2", epochs=1, teacher="t0+t1"), quiet=True)
+    with pytest.raises(CheckpointError, match=r"read t0\+t9 as an ensemble of 2: t0, t9"):
+        _fit(_tiny_config(tmp_path / "s3", epochs=1, teacher="t0+t9"), quiet=True)
     # One view of each batch for all members: they must normalise alike.
     other = replace(second, normalizer=Normalizer(second.normalizer.mean + 0.1, second.normalizer.std))
     with pytest.raises(ConfigError, match="must normalise their inputs alike"):
@@ -263,6 +281,7 @@ def test_the_model_card_names_each_member_of_an_ensemble_teacher():
     spec = importlib.util.spec_from_file_location("bundle_weights", script)
     bundle = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bundle)
-    assert bundle.teacher_names("/runs/r56/best.pt+resnet20") == "best.pt+resnet20"
+    assert bundle.teacher_names("/runs/r56/best.pt+resnet20") == "r56+resnet20"
+    assert bundle.teacher_names("/models/teacher.pt") == "teacher.pt"
     assert bundle.teacher_names("resnet56") == "resnet56"
     assert bundle.short_shas("a" * 64 + "+" + "b" * 64) == "aaaaaaaaaaaa...+bbbbbbbbbbbb..."

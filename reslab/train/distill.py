@@ -55,7 +55,7 @@ class Teacher:
     model: nn.Module | None  # None once its outputs are cached (teacher_mode cached)
     normalizer: Normalizer
     source: str  # as given: a path or a bundled model's name
-    sha256: str  # of the checkpoint file (files, +-joined), so a resumed run can check it distils from the same
+    sha256: str  # of the checkpoint file (an ensemble's, +-joined): a resumed run checks it has the same teacher
 
     @torch.no_grad()
     def logits(self, x: torch.Tensor) -> torch.Tensor:
@@ -117,11 +117,13 @@ def load_teacher(source: str, checkpoints: Checkpoint | list[Checkpoint], device
     if isinstance(checkpoints, Checkpoint):
         checkpoints = [checkpoints]
     normalizer = checkpoints[0].normalizer
-    if not all(c.normalizer.same_as(normalizer) for c in checkpoints[1:]):
+    other = next((c for c in checkpoints[1:] if not c.normalizer.same_as(normalizer)), None)
+    if other is not None:
         raise ConfigError(f"teacher {source}: the members of an ensemble must normalise their inputs alike "
-                          "(they read one view of each batch); these were trained with different statistics")
+                          f"(they read one view of each batch); {other.path} was trained with other statistics "
+                          f"than {checkpoints[0].path}")
     models = [optimize_for_inference(c.build_model()).to(device, memory_format=memory_format) for c in checkpoints]
-    model = models[0] if len(models) == 1 else MeanLogits(models)
+    model = models[0] if len(models) == 1 else MeanLogits(models).eval()
     for p in model.parameters():
         p.requires_grad_(False)
     return Teacher(model, normalizer, source, ENSEMBLE_JOIN.join(sha256(c.path) for c in checkpoints))

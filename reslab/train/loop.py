@@ -395,17 +395,30 @@ def _prepare_teacher(config: TrainConfig, data: ImageArrays, device: torch.devic
     """Load and check the teacher. A new run records the teacher's file (absolute) and SHA-256 in its
     config; a resumed one must find the same file there, or it would distil from another network."""
     sources = teacher_sources(config.teacher)
-    checkpoints = [teacher_checkpoint(source) for source in sources]
-    warnings = [check_teacher(c, source, data, config.eval_split, config.val_fraction) for source, c in zip(sources, checkpoints)]
-    warning = "\n".join(w for w in warnings if w) or None
+    try:
+        checkpoints = [teacher_checkpoint(source) for source in sources]
+    except CheckpointError as exc:
+        if len(sources) == 1:
+            raise
+        raise CheckpointError(f"{exc} (read {config.teacher} as an ensemble of {len(sources)}: "
+                              f"{', '.join(sources)})") from None
+    warnings = [check_teacher(c, source, data, config.eval_split, config.val_fraction)
+                for source, c in zip(sources, checkpoints)]
+    warning = "\n".join(dict.fromkeys(w for w in warnings if w)) or None  # each distinct warning once
     teacher = load_teacher(config.teacher, checkpoints, device, memory_format)
     if config.teacher_sha256 is None:
-        where = ENSEMBLE_JOIN.join(str(c.path.resolve()) if Path(source).exists() else source
-                                   for source, c in zip(sources, checkpoints))
-        return teacher, dataclasses.replace(config, teacher=where, teacher_sha256=teacher.sha256), warning
-    if config.teacher_sha256 != teacher.sha256:
-        raise CheckpointError(f"teacher {config.teacher} has changed since this run started (SHA-256 "
-                              f"{teacher.sha256[:12]}..., the run recorded {config.teacher_sha256[:12]}...)")
+        where = [str(c.path.resolve()) if Path(source).exists() else source for source, c in zip(sources, checkpoints)]
+        if len(where) > 1 and any(ENSEMBLE_JOIN in w for w in where):
+            # The run records the members +-joined; a + inside one would split it wrongly on resume.
+            raise ConfigError(f"teacher {config.teacher}: an ensemble member's path contains '{ENSEMBLE_JOIN}' "
+                              f"({next(w for w in where if ENSEMBLE_JOIN in w)}); rename or link it")
+        return teacher, dataclasses.replace(config, teacher=ENSEMBLE_JOIN.join(where),
+                                            teacher_sha256=teacher.sha256), warning
+    recorded, now = config.teacher_sha256.split(ENSEMBLE_JOIN), teacher.sha256.split(ENSEMBLE_JOIN)
+    if recorded != now:
+        changed = [f"{source} (SHA-256 {new[:12]}..., the run recorded {old[:12]}...)"
+                   for source, old, new in zip(sources, recorded, now) if old != new]
+        raise CheckpointError(f"teacher {', '.join(changed) or config.teacher} has changed since this run started")
     return teacher, config, warning
 
 
