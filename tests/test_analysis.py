@@ -205,6 +205,26 @@ def test_ctrl_c_stops_parallel_members_with_checkpoints_and_a_rerun_finishes(tmp
     assert len(histories) == 4 and all(h[-1]["step"] == 320 for h in histories.values())
 
 
+def test_a_requested_stop_starts_no_member_and_reads_as_ctrl_c(tmp_path, monkeypatch):
+    from reslab.analysis.experiments import _drive
+    from reslab.train.interrupt import StopFlag
+    from reslab.train.loop import RunResult
+
+    settings = ExperimentSettings(out=tmp_path / "sc", jobs=2, **TINY)
+    members = [Member(f"option{o}", o, 8, 0, {"model": "resnet", "model_options": {"depth": 8, "shortcut": o}})
+               for o in "AB"]
+    stop, running = StopFlag(), []
+    stop.requested = True  # as the signal handler leaves it
+    with pytest.raises(KeyboardInterrupt):
+        _drive(settings, list(members), running, {m.name: _member_config(settings, m) for m in members}, [], stop)
+    assert running == [] and not (tmp_path / "sc" / "members").exists()
+    # One job at a time: a member that fit() reports interrupted (it saved) stops the experiment as Ctrl-C
+    # does with several jobs, not as a failed member.
+    monkeypatch.setattr(experiments, "fit", lambda config, quiet: RunResult(tmp_path, "interrupted", [], None, "x"))
+    with pytest.raises(KeyboardInterrupt):
+        run_members(ExperimentSettings(out=tmp_path / "one", **TINY), members[:1])
+
+
 def test_degradation_verdict_says_what_the_numbers_show():
     from reslab.analysis.experiments import _degradation_verdict
 

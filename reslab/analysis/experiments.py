@@ -120,6 +120,8 @@ def run_members(settings: ExperimentSettings, members: list[Member]) -> dict[str
                 result = resume_run(run_dir, quiet=settings.quiet)
             else:
                 result = fit(configs[m.name], quiet=settings.quiet)
+            if result.status == "interrupted":  # Ctrl-C: saved; rerunning the experiment resumes it
+                raise KeyboardInterrupt
             if result.status != "finished":
                 raise ConfigError(f"member {m.name} {result.status}: {result.message}")
     else:
@@ -136,24 +138,40 @@ def _run_parallel(settings: ExperimentSettings, pending: list[Member], configs: 
     queue = sorted(pending, key=lambda m: -m.depth)
     running: list[tuple[Member, subprocess.Popen, Any, int]] = []
     failures: list[str] = []
-    # Ctrl-C only sets the flag; _drive raises KeyboardInterrupt where it looks, so the interrupt
-    # cannot vanish inside a destructor (a Popen or file being collected) and let the run carry on.
-    with StopFlag() as stop:
-        try:
+    # While members run, Ctrl-C only sets the flag and _drive raises KeyboardInterrupt where it looks,
+    # so the interrupt cannot vanish inside a destructor (a Popen or file being collected).
+    try:
+        with StopFlag() as stop:
             _drive(settings, queue, running, configs, failures, stop)
-        finally:  # interrupted (Ctrl-C) or failed to start one: stop the others, each checkpoints and exits
-            for _, proc, err, _ in running:
-                if proc.poll() is None:
-                    proc.send_signal(signal.SIGINT)
-            for _, proc, err, _ in running:
-                try:
-                    proc.wait(timeout=STOP_WAIT_S)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-                    proc.wait()
-                err.close()
+    finally:  # interrupted (Ctrl-C) or failed to start one: stop the others, each checkpoints and exits
+        _stop_members(running, settings.quiet)
+    if stop.requested:  # pressed as the last member finished: still an interruption, as the user meant
+        raise KeyboardInterrupt
     if failures:
         raise ConfigError("members failed: " + "; ".join(failures))
+
+
+def _stop_members(running: list, quiet: bool) -> None:
+    """SIGINT each running member (it saves a checkpoint and exits) and wait for all, STOP_WAIT_S at most
+    in all; a member still running then, or any at all after another Ctrl-C, is killed."""
+    alive = [entry for entry in running if entry[1].poll() is None]
+    if alive and not quiet:
+        print(f"stopping {len(alive)} member(s) at their next step (Ctrl-C again kills them)", file=sys.stderr, flush=True)
+    for _, proc, _, _ in alive:
+        proc.send_signal(signal.SIGINT)
+    deadline = time.monotonic() + STOP_WAIT_S
+    try:
+        for _, proc, _, _ in running:
+            try:
+                proc.wait(timeout=max(0.0, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                pass
+    finally:  # also on a second Ctrl-C: leave no member running without its experiment
+        for _, proc, err, _ in running:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+            err.close()
 
 
 def _drive(settings: ExperimentSettings, queue: list[Member], running: list, configs: dict,
@@ -163,7 +181,7 @@ def _drive(settings: ExperimentSettings, queue: list[Member], running: list, con
     while queue or running:
         if stop.requested:
             raise KeyboardInterrupt
-        while queue and len(running) < settings.jobs:
+        while queue and len(running) < settings.jobs and not stop.requested:
             m = queue.pop(0)
             run_dir = _member_dir(settings, m)
             if _status(run_dir) == "resume":
@@ -196,8 +214,6 @@ def _drive(settings: ExperimentSettings, queue: list[Member], running: list, con
                 last_line = err.read().strip().splitlines()[-1:] or [f"exit status {proc.returncode}"]
                 failures.append(f"{m.name}: {last_line[0]}")
             err.close()
-    if stop.requested:  # pressed as the last member finished: still an interruption, as the user meant
-        raise KeyboardInterrupt
 
 
 def _final(history: list[dict[str, Any]], key: str) -> float | None:

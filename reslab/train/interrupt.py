@@ -16,13 +16,15 @@ class StopFlag:
 
     def __init__(self) -> None:
         self.requested = False
-        self._previous: Any = None
+        self._installed = False
+        self._previous: Any = None  # None too when the previous handler was not set from Python
 
     def __enter__(self) -> "StopFlag":
         try:
             self._previous = signal.signal(signal.SIGINT, self._handle)
+            self._installed = True
         except ValueError:  # not the main thread: no handler, Ctrl-C behaves as usual
-            self._previous = None
+            pass
         return self
 
     def _handle(self, *_: Any) -> None:
@@ -31,5 +33,7 @@ class StopFlag:
         self.requested = True
 
     def __exit__(self, *_: Any) -> None:
-        if self._previous is not None:
-            signal.signal(signal.SIGINT, self._previous)
+        if self._installed:
+            # A handler set outside Python reads back as None; the default is the nearest we can restore.
+            signal.signal(signal.SIGINT, self._previous if self._previous is not None else signal.default_int_handler)
+            self._installed = False
