@@ -86,7 +86,7 @@ def test_bfloat16_predictions_match_float32_on_the_sample_images():
     half = predict(checkpoint, images, top_k=3, precision="bfloat16")
     for f, h in zip(full, half):
         assert abs(f.top[0][1] - dict(h.top).get(f.top[0][0], 0.0)) < 0.03  # bf16 keeps about 3 significant digits
-        if f.top[0][1] - f.top[1][1] > 0.03:  # a clear winner stays the winner (the horse is a close call)
+        if f.top[0][1] - f.top[1][1] > 0.03:  # a clear winner stays the winner (whichever samples have one)
             assert f.top[0][0] == h.top[0][0]
     assert sum(f.top[0][1] - f.top[1][1] > 0.03 for f in full) >= 2  # cat and ship are clear
     run = subprocess.run([sys.executable, "-m", "reslab", "predict", str(IMAGES / "ship.png"), "--precision",
