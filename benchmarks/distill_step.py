@@ -26,7 +26,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     device = torch.device("cpu")
     student = create_model("resnet20").to(memory_format=torch.channels_last).train()
-    teacher = load_teacher("resnet56", pretrained_checkpoint("resnet56"), device, torch.channels_last)
+    teacher = load_teacher("resnet56", [pretrained_checkpoint("resnet56")], device, torch.channels_last)
     optimizer = torch.optim.SGD(student.parameters(), lr=0.01, momentum=0.9, nesterov=True)
     x = torch.randn(128, 3, 32, 32).contiguous(memory_format=torch.channels_last)
     y = torch.randint(0, 10, (128,))

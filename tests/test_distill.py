@@ -129,7 +129,7 @@ def test_students_taught_by_a_teacher_alone_learn_what_it_knows(tmp_path):
     # As training runs it (BN folded), the teacher gives the saved network's logits.
     checkpoint = load_checkpoint(tmp_path / "teacher")  # best.pt, as --teacher reads a run folder
     data = load_dataset("digits", "val", DataOptions())
-    loaded = load_teacher("t", checkpoint, torch.device("cpu"), torch.channels_last)
+    loaded = load_teacher("t", [checkpoint], torch.device("cpu"), torch.channels_last)
     with torch.no_grad():
         expected = checkpoint.build_model()(checkpoint.normalizer(data.images))
     torch.testing.assert_close(loaded.logits(checkpoint.normalizer(data.images)), expected, atol=1e-4, rtol=1e-4)
@@ -201,7 +201,7 @@ def test_an_ensemble_of_teachers_teaches_the_mean_of_their_logits(tmp_path, monk
     both = f"{tmp_path / 't0'}+{tmp_path / 't1'}"
     assert teacher_sources(both) == [str(tmp_path / "t0"), str(tmp_path / "t1")]
     ensemble = load_teacher(both, [first, second], torch.device("cpu"), torch.contiguous_format)
-    alone = [load_teacher("t", c, torch.device("cpu"), torch.contiguous_format) for c in (first, second)]
+    alone = [load_teacher("t", [c], torch.device("cpu"), torch.contiguous_format) for c in (first, second)]
     x = first.normalizer(load_dataset("digits", "val", DataOptions()).images[:50])
     torch.testing.assert_close(ensemble.logits(x), (alone[0].logits(x) + alone[1].logits(x)) / 2)
     assert not torch.allclose(alone[0].logits(x), alone[1].logits(x), atol=1e-3)  # two different networks

@@ -156,7 +156,8 @@ def _stop_members(running: list, quiet: bool) -> None:
     in all; a member still running then, or any at all after another Ctrl-C, is killed."""
     alive = [entry for entry in running if entry[1].poll() is None]
     if alive and not quiet:
-        print(f"stopping {len(alive)} member(s) at their next step (Ctrl-C again kills them)", file=sys.stderr, flush=True)
+        print(f"stopping {len(alive)} member(s) at their next step (Ctrl-C again kills them)",
+              file=sys.stderr, flush=True)
     for _, proc, _, _ in alive:
         proc.send_signal(signal.SIGINT)
     deadline = time.monotonic() + STOP_WAIT_S

@@ -108,14 +108,12 @@ def check_teacher(checkpoint: Checkpoint, source: str, data: ImageArrays, eval_s
     return None
 
 
-def load_teacher(source: str, checkpoints: Checkpoint | list[Checkpoint], device: torch.device,
+def load_teacher(source: str, checkpoints: list[Checkpoint], device: torch.device,
                  memory_format: torch.memory_format) -> Teacher:
     """The teacher in eval mode on ``device``, BN folded into its convolutions (it never trains); from
     several checkpoints, their ensemble (``MeanLogits``)."""
     from ..models.pretrained import sha256
 
-    if isinstance(checkpoints, Checkpoint):
-        checkpoints = [checkpoints]
     normalizer = checkpoints[0].normalizer
     other = next((c for c in checkpoints[1:] if not c.normalizer.same_as(normalizer)), None)
     if other is not None:
