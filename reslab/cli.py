@@ -478,7 +478,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"reslab {args.verb}: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print(f"reslab {args.verb}: interrupted", file=sys.stderr)
+        # Experiment members checkpoint when stopped and a rerun picks them up; say so, since the
+        # members' own "resume with" lines are not shown (they run quietly or in subprocesses).
+        hint = "; rerun the same command to resume" if args.verb == "experiment" else ""
+        print(f"reslab {args.verb}: interrupted{hint}", file=sys.stderr)
         return 130
     except BrokenPipeError:
         return 0

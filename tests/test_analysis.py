@@ -197,6 +197,7 @@ def test_ctrl_c_stops_parallel_members_with_checkpoints_and_a_rerun_finishes(tmp
     # Once (1 of 30+ CI runs, stop 14) this read 0: the whole experiment had finished. Say what it printed.
     assert parent.returncode == 130 and "interrupted" in err, (parent.returncode, err[-2000:],
                                                                sorted(p.name for p in members.glob("*/summary.json")))
+    assert "rerun the same command to resume" in err
     stopped = [d for d in members.iterdir() if (d / "last.pt").exists() and not (d / "summary.json").exists()]
     assert len(stopped) == 2  # each running member saved a checkpoint when the experiment was stopped
     rerun = subprocess.run(command, capture_output=True, text=True, timeout=300)
@@ -223,6 +224,27 @@ def test_a_requested_stop_starts_no_member_and_reads_as_ctrl_c(tmp_path, monkeyp
     monkeypatch.setattr(experiments, "fit", lambda config, quiet: RunResult(tmp_path, "interrupted", [], None, "x"))
     with pytest.raises(KeyboardInterrupt):
         run_members(ExperimentSettings(out=tmp_path / "one", **TINY), members[:1])
+
+
+def test_failures_before_a_ctrl_c_are_still_reported(tmp_path, monkeypatch, capsys):
+    from reslab.analysis.experiments import _run_parallel
+
+    settings = ExperimentSettings(out=tmp_path / "sc", jobs=2, **TINY)
+
+    def fail_then_interrupt(settings, queue, running, configs, failures, stop):
+        failures.append("optionB: error: out of memory")
+        raise KeyboardInterrupt
+
+    def fail_then_stop_requested(settings, queue, running, configs, failures, stop):
+        failures.append("optionC: error: disk full")
+        stop.requested = True  # Ctrl-C as the last member finished: _drive returns normally
+
+    for drive, line in [(fail_then_interrupt, "optionB: error: out of memory"),
+                        (fail_then_stop_requested, "optionC: error: disk full")]:
+        monkeypatch.setattr(experiments, "_drive", drive)
+        with pytest.raises(KeyboardInterrupt):
+            _run_parallel(settings, [], {})
+        assert capsys.readouterr().err.strip() == f"members failed: {line}"
 
 
 def test_degradation_verdict_says_what_the_numbers_show():

@@ -143,12 +143,24 @@ def _run_parallel(settings: ExperimentSettings, pending: list[Member], configs: 
     try:
         with StopFlag() as stop:
             _drive(settings, queue, running, configs, failures, stop)
-    finally:  # interrupted (Ctrl-C) or failed to start one: stop the others, each checkpoints and exits
+    except BaseException:  # interrupted (Ctrl-C) or failed to start one: stop the others, each checkpoints
         _stop_members(running, settings.quiet)
+        _report_failures(failures)  # the interruption's own message would hide them
+        raise
     if stop.requested:  # pressed as the last member finished: still an interruption, as the user meant
+        _report_failures(failures)
         raise KeyboardInterrupt
     if failures:
-        raise ConfigError("members failed: " + "; ".join(failures))
+        raise ConfigError(_failed(failures))
+
+
+def _failed(failures: list[str]) -> str:
+    return "members failed: " + "; ".join(failures)
+
+
+def _report_failures(failures: list[str]) -> None:
+    if failures:
+        print(_failed(failures), file=sys.stderr, flush=True)
 
 
 def _stop_members(running: list, quiet: bool) -> None:
