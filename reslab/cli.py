@@ -478,8 +478,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"reslab {args.verb}: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        # Experiment members checkpoint when stopped and a rerun picks them up; say so, since the
-        # members' own "resume with" lines are not shown (they run quietly or in subprocesses).
+        # Experiment members checkpoint when stopped and a rerun of the experiment picks them all up;
+        # a member's own "resume with --resume DIR" (when shown) would finish that member alone.
         hint = "; rerun the same command to resume" if args.verb == "experiment" else ""
         print(f"reslab {args.verb}: interrupted{hint}", file=sys.stderr)
         return 130

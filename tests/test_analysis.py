@@ -227,8 +227,6 @@ def test_a_requested_stop_starts_no_member_and_reads_as_ctrl_c(tmp_path, monkeyp
 
 
 def test_failures_before_a_ctrl_c_are_still_reported(tmp_path, monkeypatch, capsys):
-    from reslab.analysis.experiments import _run_parallel
-
     settings = ExperimentSettings(out=tmp_path / "sc", jobs=2, **TINY)
 
     def fail_then_interrupt(settings, queue, running, configs, failures, stop):
@@ -243,8 +241,17 @@ def test_failures_before_a_ctrl_c_are_still_reported(tmp_path, monkeypatch, caps
                         (fail_then_stop_requested, "optionC: error: disk full")]:
         monkeypatch.setattr(experiments, "_drive", drive)
         with pytest.raises(KeyboardInterrupt):
-            _run_parallel(settings, [], {})
+            experiments._run_parallel(settings, [], {})
         assert capsys.readouterr().err.strip() == f"members failed: {line}"
+
+    def second_ctrl_c(running, quiet):  # pressed again while the members are being stopped
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(experiments, "_drive", fail_then_interrupt)
+    monkeypatch.setattr(experiments, "_stop_members", second_ctrl_c)
+    with pytest.raises(KeyboardInterrupt):
+        experiments._run_parallel(settings, [], {})
+    assert capsys.readouterr().err.strip() == "members failed: optionB: error: out of memory"
 
 
 def test_degradation_verdict_says_what_the_numbers_show():

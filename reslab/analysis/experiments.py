@@ -143,37 +143,42 @@ def _run_parallel(settings: ExperimentSettings, pending: list[Member], configs: 
     try:
         with StopFlag() as stop:
             _drive(settings, queue, running, configs, failures, stop)
-    except BaseException:  # interrupted (Ctrl-C) or failed to start one: stop the others, each checkpoints
-        _stop_members(running, settings.quiet)
-        _report_failures(failures)  # the interruption's own message would hide them
+    except BaseException:  # interrupted (Ctrl-C) or failed to start one: stop the others, each checkpoints and exits
+        try:
+            _stop_members(running, settings.quiet)
+        finally:  # also after a second Ctrl-C while stopping
+            _report_failures(failures)  # an interruption skips the ConfigError below that would name them
         raise
     if stop.requested:  # pressed as the last member finished: still an interruption, as the user meant
         _report_failures(failures)
         raise KeyboardInterrupt
     if failures:
-        raise ConfigError(_failed(failures))
+        raise ConfigError(_failures_message(failures))
 
 
-def _failed(failures: list[str]) -> str:
+def _failures_message(failures: list[str]) -> str:
     return "members failed: " + "; ".join(failures)
 
 
 def _report_failures(failures: list[str]) -> None:
     if failures:
-        print(_failed(failures), file=sys.stderr, flush=True)
+        try:
+            print(_failures_message(failures), file=sys.stderr, flush=True)
+        except OSError:  # stderr gone (a closed pipe): the interruption must still end the experiment
+            pass
 
 
 def _stop_members(running: list, quiet: bool) -> None:
     """SIGINT each running member (it saves a checkpoint and exits) and wait for all, STOP_WAIT_S at most
     in all; a member still running then, or any at all after another Ctrl-C, is killed."""
     alive = [entry for entry in running if entry[1].poll() is None]
-    if alive and not quiet:
-        print(f"stopping {len(alive)} member(s) at their next step (Ctrl-C again kills them)",
-              file=sys.stderr, flush=True)
-    for _, proc, _, _ in alive:
-        proc.send_signal(signal.SIGINT)
-    deadline = time.monotonic() + STOP_WAIT_S
     try:
+        if alive and not quiet:
+            print(f"stopping {len(alive)} member(s) at their next step (Ctrl-C again kills them)",
+                  file=sys.stderr, flush=True)
+        for _, proc, _, _ in alive:
+            proc.send_signal(signal.SIGINT)
+        deadline = time.monotonic() + STOP_WAIT_S
         for _, proc, _, _ in running:
             try:
                 proc.wait(timeout=max(0.0, deadline - time.monotonic()))
