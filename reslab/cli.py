@@ -133,6 +133,8 @@ def cmd_train(args: argparse.Namespace) -> int | None:
     from .train.loop import default_run_dir, elastic_restart, fit, resume_run
 
     if args.nproc and args.nproc > 1 and "WORLD_SIZE" not in os.environ:
+        from .train.launch import launch_torchrun
+
         return launch_torchrun(args.nproc, args.raw_argv)
     if args.resume:
         result = resume_run(args.resume, quiet=args.quiet)
@@ -146,14 +148,17 @@ def cmd_train(args: argparse.Namespace) -> int | None:
             result = fit(config, quiet=args.quiet)
     if result.status == "diverged":
         raise ReslabError(f"{result.message} ({result.run_dir})")
+    speaks = os.environ.get("RANK", "0") == "0"  # under torchrun every worker gets here; one reports
     if result.status == "interrupted":
-        print(result.message)
+        if speaks and args.quiet:  # otherwise the run's log has just said it
+            print(result.message)
         return 130
     last = result.history[-1] if result.history else {}
     text = f"done: {result.run_dir}"
     if last.get("eval_error") is not None:
         text += f"  final eval error {100 * last['eval_error']:.2f}% (accuracy {100 * (1 - last['eval_error']):.2f}%)"
-    print(text)
+    if speaks:
+        print(text)
 
 
 def cmd_eval(args: argparse.Namespace) -> None:
@@ -260,23 +265,6 @@ def cmd_export(args: argparse.Namespace) -> None:
         print("not checked: install onnxruntime to compare its outputs with PyTorch")
     else:
         print(f"max |logits difference| vs PyTorch on {source}: {result.max_abs_diff:.3g} ({result.checked_with})")
-
-
-def launch_torchrun(nproc: int, argv: list[str]) -> int:
-    """``reslab train --nproc N ...`` = ``torchrun --standalone --nproc_per_node N -m reslab train ...``."""
-    import subprocess
-
-    rest, skip = [], False
-    for arg in argv:
-        if skip:
-            skip = False
-        elif arg == "--nproc":
-            skip = True
-        elif not arg.startswith("--nproc="):
-            rest.append(arg)
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
-               "-m", "reslab", *rest]
-    return subprocess.call(command)
 
 
 def _ints(text: str) -> list[int]:

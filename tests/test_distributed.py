@@ -103,3 +103,27 @@ def test_nproc_flag_starts_torchrun(tmp_path):
                              "--out", str(tmp_path / "run")], capture_output=True, text=True, timeout=300, env=env)
     assert result.returncode == 0, result.stderr[-2000:]
     assert json.loads((tmp_path / "run" / "run.json").read_text())["processes"] == 2
+
+
+def test_ctrl_c_under_torchrun_saves_once_and_exits_130(tmp_path):
+    out = tmp_path / "run"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "GLOO_SOCKET_IFNAME": "lo", "PYTHONUNBUFFERED": "1"}
+    command = [sys.executable, "-m", "reslab", "train", *[a for a in COMMON if a != "--quiet"], "--epochs", "40",
+               "--nproc", "2", "--out", str(out)]
+    # Its own process group, so the SIGINT below reaches reslab, torchrun and the workers together,
+    # as a terminal's Ctrl-C does; torchrun then forwards a second SIGINT to each worker.
+    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+                            start_new_session=True)
+    deadline = time.monotonic() + 120
+    while not (out / "metrics.jsonl").exists() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    os.killpg(proc.pid, signal.SIGINT)
+    stdout, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 130, stderr[-2000:]
+    # The prompt comes back only once the workers have saved and exited.
+    lingering = subprocess.run(["pgrep", "-f", f"--out {out}"], capture_output=True, text=True).stdout.split()
+    assert lingering == [] and "Traceback" not in stderr
+    said = (stdout + stderr).count(f"resume with --resume {out}")
+    assert said == 1, (stdout, stderr[-2000:])  # once, by rank 0's log: not by every worker again
+    step = load_checkpoint(out / "last.pt").progress["step"]
+    assert f"stopped at step {step};" in stderr and 0 < step < 40 * (1618 // 64)
