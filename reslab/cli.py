@@ -152,7 +152,9 @@ def cmd_train(args: argparse.Namespace) -> int | None:
     if result.status == "interrupted":
         if speaks and args.quiet:  # otherwise the run's log has just said it
             print(result.message)
-        return 130
+        from .train.launch import LAUNCHED_ENV
+
+        return 0 if os.environ.get(LAUNCHED_ENV) else 130  # reslab's launcher reports the interruption
     last = result.history[-1] if result.history else {}
     text = f"done: {result.run_dir}"
     if last.get("eval_error") is not None:

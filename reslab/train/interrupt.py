@@ -8,21 +8,14 @@ points cannot be lost that way.
 from __future__ import annotations
 
 import signal
-import time
 from typing import Any
-
-# A second SIGINT this soon after the first is the same Ctrl-C arriving twice, not a user insisting:
-# under torchrun a worker gets the terminal's SIGINT and, a moment later, the one torchrun forwards.
-REPEAT_GRACE_S = 1.0
 
 
 class StopFlag:
-    """First Ctrl-C sets ``requested``; a second one, REPEAT_GRACE_S or more later, raises KeyboardInterrupt
-    at once (the user insists)."""
+    """First Ctrl-C sets ``requested``; a second one raises KeyboardInterrupt at once (the user insists)."""
 
     def __init__(self) -> None:
         self.requested = False
-        self._first_at: float | None = None
         self._installed = False
         self._previous: Any = None  # None too when the previous handler was not set from Python
 
@@ -35,10 +28,7 @@ class StopFlag:
         return self
 
     def _handle(self, *_: Any) -> None:
-        now = time.monotonic()
-        if self._first_at is None:
-            self._first_at = now
-        elif now - self._first_at >= REPEAT_GRACE_S:
+        if self.requested:
             raise KeyboardInterrupt
         self.requested = True
 

@@ -1,20 +1,27 @@
 """``reslab train --nproc N``: run torchrun for the single-machine case and stop it cleanly on Ctrl-C.
 
-A terminal's Ctrl-C reaches reslab, torchrun and every worker at once. The workers save a checkpoint
-at their next step and exit by themselves (reslab.train.loop); torchrun, left alive, would forward
-a second SIGINT and end in its own traceback. So reslab ends torchrun and then waits for the workers
-it had started, so that the prompt comes back only after the checkpoint is on disk.
+torchrun starts each worker in a session of its own, so a terminal's Ctrl-C reaches only reslab and
+torchrun; torchrun would forward it, SIGKILL any worker still saving 30 s later and end in its own
+traceback. So torchrun runs in a session of its own too, and on Ctrl-C reslab signals the workers
+itself and waits: they stop together at their next sync step, rank 0 saves, each exits 0 (see
+``LAUNCHED_ENV``), torchrun ends as after a finished run and keeps its rendezvous store up meanwhile.
 """
 
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-WORKER_SAVE_WAIT_S = 120  # how long interrupted workers may take to finish their step and save
+from .interrupt import StopFlag
+
+# Set for workers started here: an interrupted worker exits 0, so torchrun does not take the stop for a
+# failure (a traceback, or a restart with --max-restarts); the launcher itself reports the interruption.
+LAUNCHED_ENV = "RESLAB_LAUNCHED"
+POLL_S = 0.2
 
 
 def torchrun_command(nproc: int, argv: list[str]) -> list[str]:
@@ -32,46 +39,48 @@ def torchrun_command(nproc: int, argv: list[str]) -> list[str]:
 
 
 def launch_torchrun(nproc: int, argv: list[str]) -> int:
-    """Run torchrun to the end and return its exit status; on Ctrl-C, wait for its workers to save and
-    raise KeyboardInterrupt."""
-    proc = subprocess.Popen(torchrun_command(nproc, argv))
+    """Run torchrun to the end and return its exit status. The first Ctrl-C asks the workers to save and
+    stop, then waits for them; a second one kills them. Raises KeyboardInterrupt after either."""
+    proc = subprocess.Popen(torchrun_command(nproc, argv), env={**os.environ, LAUNCHED_ENV: "1"},
+                            start_new_session=True)
     try:
-        return proc.wait()
-    except KeyboardInterrupt:
-        workers = _children(proc.pid)
-        proc.kill()  # before it forwards a second SIGINT (or prints a traceback); workers live on
+        with StopFlag() as stop:
+            signalled = False
+            while proc.poll() is None:
+                if stop.requested and not signalled:
+                    workers = _children(proc.pid)
+                    print(f"stopping {len(workers)} worker(s) at their next sync step (Ctrl-C again kills them)",
+                          file=sys.stderr, flush=True)
+                    _signal_all(workers, signal.SIGINT)
+                    signalled = True
+                time.sleep(POLL_S)
+    except BaseException:  # a second Ctrl-C: leave nothing running
+        _signal_all(_children(proc.pid), signal.SIGKILL)
+        proc.kill()
         proc.wait()
-        _wait_for_exit(workers, WORKER_SAVE_WAIT_S)  # a second Ctrl-C here stops waiting
         raise
+    if stop.requested:
+        raise KeyboardInterrupt
+    return proc.returncode if proc.returncode >= 0 else 128 - proc.returncode  # killed by signal N: 128 + N
 
 
 def _children(pid: int) -> list[int]:
-    """The processes ``pid`` started (Linux's /proc; elsewhere none are known and none are waited for)."""
+    """The processes ``pid`` started (Linux's /proc; elsewhere none are found)."""
     found = []
     for task in Path(f"/proc/{pid}/task").glob("*"):
         try:
             found += [int(c) for c in (task / "children").read_text().split()]
-        except OSError:  # the task ended meanwhile, or the kernel does not offer children lists
+        except OSError:  # the task ended meanwhile, or the kernel keeps no children lists
             pass
     return found
 
 
-def _wait_for_exit(pids: list[int], timeout_s: float) -> None:
-    deadline = time.monotonic() + timeout_s
+def _signal_all(pids: list[int], sig: int) -> None:
     for pid in pids:
-        while time.monotonic() < deadline and _alive(pid):
-            time.sleep(0.05)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # exists, owned by another user: not ours, the pid was reused
-        return False
-    # An exited orphan is reaped by init at once; a zombie would read as alive until then.
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0] != "Z"
-    except OSError:
-        return True
+        try:
+            os.killpg(pid, sig)  # each worker leads its own process group (torchrun's doing)
+        except (ProcessLookupError, PermissionError):
+            try:
+                os.kill(pid, sig)
+            except (ProcessLookupError, PermissionError):  # already gone
+                pass
