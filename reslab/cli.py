@@ -130,31 +130,32 @@ def train_overrides(args: argparse.Namespace) -> dict:
 
 def cmd_train(args: argparse.Namespace) -> int | None:
     from .train.config import resolve
+    from .train.launch import launch_torchrun, launched, run_as_worker
     from .train.loop import default_run_dir, elastic_restart, fit, resume_run
 
     if args.nproc and args.nproc > 1 and "WORLD_SIZE" not in os.environ:
-        from .train.launch import launch_torchrun
-
+        if not args.resume:
+            resolve(args.recipe, args.config, train_overrides(args))  # a bad flag: one line here, not per worker
         return launch_torchrun(args.nproc, args.raw_argv)
-    if args.resume:
-        result = resume_run(args.resume, quiet=args.quiet)
-    else:
+
+    def train(should_stop):
+        if args.resume:
+            return resume_run(args.resume, quiet=args.quiet, should_stop=should_stop)
         config = resolve(args.recipe, args.config, train_overrides(args))
         run_dir = Path(config.out) if config.out else default_run_dir(config)
         if elastic_restart() and (run_dir / "last.pt").exists():
             # torchrun restarted this worker after a failure: continue from the last checkpoint.
-            result = resume_run(run_dir, quiet=args.quiet)
-        else:
-            result = fit(config, quiet=args.quiet)
+            return resume_run(run_dir, quiet=args.quiet, should_stop=should_stop)
+        return fit(config, quiet=args.quiet, should_stop=should_stop)
+
+    result = run_as_worker(train)
     if result.status == "diverged":
         raise ReslabError(f"{result.message} ({result.run_dir})")
     speaks = os.environ.get("RANK", "0") == "0"  # under torchrun every worker gets here; one reports
     if result.status == "interrupted":
         if speaks and args.quiet:  # otherwise the run's log has just said it
             print(result.message)
-        from .train.launch import LAUNCHED_ENV
-
-        return 0 if os.environ.get(LAUNCHED_ENV) else 130  # reslab's launcher reports the interruption
+        return 0 if launched() else 130  # under reslab's launcher, the launcher reports the interruption
     last = result.history[-1] if result.history else {}
     text = f"done: {result.run_dir}"
     if last.get("eval_error") is not None:

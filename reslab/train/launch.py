@@ -2,9 +2,10 @@
 
 torchrun starts each worker in a session of its own, so a terminal's Ctrl-C reaches only reslab and
 torchrun; torchrun would forward it, SIGKILL any worker still saving 30 s later and end in its own
-traceback. So torchrun runs in a session of its own too, and on Ctrl-C reslab signals the workers
-itself and waits: they stop together at their next sync step, rank 0 saves, each exits 0 (see
-``LAUNCHED_ENV``), torchrun ends as after a finished run and keeps its rendezvous store up meanwhile.
+traceback. So torchrun runs in a session of its own too, and on Ctrl-C the launcher signals the
+workers itself and waits. Each worker (``run_as_worker``) takes a Ctrl-C as a stop request from its
+first line to its last, stops with the others at their next sync step, and exits 0, so torchrun ends
+as after a finished run; rank 0 writes the run's status to a file the launcher reads and reports.
 """
 
 from __future__ import annotations
@@ -13,15 +14,18 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
+from typing import Callable
 
+from ..fileio import atomic_write_text
 from .interrupt import StopFlag
 
-# Set for workers started here: an interrupted worker exits 0, so torchrun does not take the stop for a
-# failure (a traceback, or a restart with --max-restarts); the launcher itself reports the interruption.
-LAUNCHED_ENV = "RESLAB_LAUNCHED"
+STATUS_ENV = "RESLAB_LAUNCH_STATUS"  # set for workers started here: the file rank 0 reports to
 POLL_S = 0.2
+NO_WORKERS_GRACE_S = 60.0  # Ctrl-C and the workers still not ready after this: stop torchrun instead
+FORWARDED = (signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT)  # torchrun, in its own session, needs these too
 
 
 def torchrun_command(nproc: int, argv: list[str]) -> list[str]:
@@ -39,33 +43,78 @@ def torchrun_command(nproc: int, argv: list[str]) -> list[str]:
 
 
 def launch_torchrun(nproc: int, argv: list[str]) -> int:
-    """Run torchrun to the end and return its exit status. The first Ctrl-C asks the workers to save and
-    stop, then waits for them; a second one kills them. Raises KeyboardInterrupt after either."""
-    proc = subprocess.Popen(torchrun_command(nproc, argv), env={**os.environ, LAUNCHED_ENV: "1"},
-                            start_new_session=True)
-    try:
-        with StopFlag() as stop:
-            signalled = False
-            while proc.poll() is None:
-                if stop.requested and not signalled:
-                    workers = _children(proc.pid)
-                    print(f"stopping {len(workers)} worker(s) at their next sync step (Ctrl-C again kills them)",
-                          file=sys.stderr, flush=True)
-                    _signal_all(workers, signal.SIGINT)
-                    signalled = True
-                time.sleep(POLL_S)
-    except BaseException:  # a second Ctrl-C: leave nothing running
-        _signal_all(_children(proc.pid), signal.SIGKILL)
-        proc.kill()
-        proc.wait()
-        raise
-    if stop.requested:
+    """Run torchrun to the end and return its exit status (0 for a finished run). The first Ctrl-C asks the
+    workers to save and stop and waits for them (then KeyboardInterrupt); a second one kills them."""
+    with tempfile.TemporaryDirectory(prefix="reslab-launch-") as tmp, StopFlag() as stop:
+        status_file = Path(tmp) / "status"
+        proc = subprocess.Popen(torchrun_command(nproc, argv), env={**os.environ, STATUS_ENV: str(status_file)},
+                                start_new_session=True)
+        previous = {sig: signal.signal(sig, lambda sig, _: proc.send_signal(sig)) for sig in FORWARDED}
+        try:
+            _wait(proc, stop, status_file, nproc)
+        except BaseException:  # a second Ctrl-C (or anything else): leave nothing running
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
+            _signal_all(_children(proc.pid), signal.SIGKILL)
+            proc.kill()
+            proc.wait()
+            raise
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+        status = status_file.read_text().strip() if status_file.exists() else None
+    if proc.returncode != 0:
+        return proc.returncode if proc.returncode > 0 else 128 - proc.returncode  # killed by signal N: 128 + N
+    if status == "interrupted":
         raise KeyboardInterrupt
-    return proc.returncode if proc.returncode >= 0 else 128 - proc.returncode  # killed by signal N: 128 + N
+    return 0
+
+
+def _wait(proc: subprocess.Popen, stop: StopFlag, status_file: Path, nproc: int) -> None:
+    signalled = False
+    asked_at = None
+    while proc.poll() is None:
+        if stop.requested and not signalled:
+            if asked_at is None:
+                asked_at = time.monotonic()
+                _say("stopping the workers at their next sync step (Ctrl-C again kills them)")
+            # Only once every worker reads Ctrl-C as a request: one still importing would die of it.
+            if len(list(status_file.parent.glob("ready-*"))) >= nproc:
+                _signal_all(_children(proc.pid), signal.SIGINT)
+                signalled = True
+            elif time.monotonic() - asked_at > NO_WORKERS_GRACE_S:
+                proc.send_signal(signal.SIGINT)  # workers not ready yet (a slow start): torchrun stops its way
+                signalled = True
+        time.sleep(POLL_S)
+
+
+def run_as_worker(train: Callable[[Callable[[int], bool] | None], object]):
+    """``train(should_stop)``, under reslab's launcher with Ctrl-C read as a stop request for the whole of
+    it (before and after the training loop too, where a KeyboardInterrupt would make torchrun report a
+    failure); rank 0 then reports the run's status to the launcher. Elsewhere just ``train(None)``."""
+    status_file = os.environ.get(STATUS_ENV)
+    if not status_file:
+        return train(None)
+    with StopFlag() as stop:
+        atomic_write_text("", Path(status_file).with_name(f"ready-{os.environ.get('RANK', '0')}"))
+        result = train(lambda step: stop.requested)
+    if os.environ.get("RANK", "0") == "0":
+        atomic_write_text(result.status + "\n", Path(status_file))
+    return result
+
+
+def launched() -> bool:
+    return bool(os.environ.get(STATUS_ENV))
+
+
+def _say(text: str) -> None:
+    try:
+        print(text, file=sys.stderr, flush=True)
+    except OSError:  # stderr gone (a closed pipe): stopping matters more than saying so
+        pass
 
 
 def _children(pid: int) -> list[int]:
-    """The processes ``pid`` started (Linux's /proc; elsewhere none are found)."""
+    """The processes ``pid`` started (Linux's /proc children lists; elsewhere none are found)."""
     found = []
     for task in Path(f"/proc/{pid}/task").glob("*"):
         try:
@@ -78,7 +127,7 @@ def _children(pid: int) -> list[int]:
 def _signal_all(pids: list[int], sig: int) -> None:
     for pid in pids:
         try:
-            os.killpg(pid, sig)  # each worker leads its own process group (torchrun's doing)
+            os.killpg(pid, sig)  # a worker leads its own process group (torchrun's doing): all of it
         except (ProcessLookupError, PermissionError):
             try:
                 os.kill(pid, sig)

@@ -1,5 +1,6 @@
 """The ``--nproc`` launcher's pieces (its Ctrl-C handling end to end: tests/test_distributed.py)."""
 
+import signal
 import subprocess
 import sys
 import time
@@ -22,7 +23,7 @@ def test_children_lists_the_processes_a_process_started():
             time.sleep(0.05)
         children = launch._children(parent.pid)
         assert len(children) == 1 and children[0] != parent.pid
-        launch._signal_all(children, 9)  # not a group leader: falls back to the process itself
+        launch._signal_all(children, signal.SIGKILL)  # not a group leader: falls back to the process itself
         assert parent.wait(timeout=20) == 0  # its wait() on the killed child returned
     finally:
         parent.kill()
