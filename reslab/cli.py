@@ -130,12 +130,12 @@ def train_overrides(args: argparse.Namespace) -> dict:
 
 def cmd_train(args: argparse.Namespace) -> int | None:
     from .train.config import resolve
-    from .train.launch import launch_torchrun, launched, run_as_worker
+    from .train.launch import check_before_launch, launch_torchrun, launched, run_as_worker
     from .train.loop import default_run_dir, elastic_restart, fit, resume_run
 
     if args.nproc and args.nproc > 1 and "WORLD_SIZE" not in os.environ:
-        if not args.resume:
-            resolve(args.recipe, args.config, train_overrides(args))  # a bad flag: one line here, not per worker
+        if not args.resume:  # a bad flag or model: one line here, not an error per worker and torchrun's report
+            check_before_launch(resolve(args.recipe, args.config, train_overrides(args)))
         return launch_torchrun(args.nproc, args.raw_argv)
 
     def train(should_stop):

@@ -27,3 +27,12 @@ def test_children_lists_the_processes_a_process_started():
         assert parent.wait(timeout=20) == 0  # its wait() on the killed child returned
     finally:
         parent.kill()
+
+
+def test_a_bad_model_under_nproc_is_one_line_before_torchrun_starts(tmp_path):
+    result = subprocess.run([sys.executable, "-m", "reslab", "train", "--nproc", "2", "--model", "resnet7",
+                             "--data", "digits", "--out", str(tmp_path / "run")], capture_output=True, text=True,
+                            timeout=120)
+    assert result.returncode == 2 and result.stderr.strip().splitlines() == [
+        "reslab train: error: unknown model 'resnet7'; `reslab models` lists them (or pass a .yaml/.json spec)"]
+    assert not (tmp_path / "run").exists()

@@ -42,6 +42,14 @@ def torchrun_command(nproc: int, argv: list[str]) -> list[str]:
             "-m", "reslab", *rest]
 
 
+def check_before_launch(config) -> None:
+    """What can be checked without the data: the config (already resolved) and the model's name and
+    options. A worker's error would otherwise come once per worker, then as torchrun's failure report."""
+    from ..models.registry import resolve_spec
+
+    resolve_spec(config.model, **config.model_options)
+
+
 def launch_torchrun(nproc: int, argv: list[str]) -> int:
     """Run torchrun to the end and return its exit status (0 for a finished run). The first Ctrl-C asks the
     workers to save and stop and waits for them (then KeyboardInterrupt); a second one kills them."""
