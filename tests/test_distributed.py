@@ -122,11 +122,14 @@ def test_ctrl_c_under_nproc_stops_every_worker_with_one_checkpoint(tmp_path, whe
             while not (out / "metrics.jsonl").exists() and time.monotonic() < deadline and proc.poll() is None:
                 time.sleep(0.1)
             assert (out / "metrics.jsonl").exists(), (tmp_path / "err.txt").read_text()[-2000:]
-        else:  # as soon as the launcher has started torchrun: the workers are still importing
+        else:  # as soon as the launcher has started torchrun: no worker has reported ready yet
             from reslab.train.launch import _children
 
+            def torchrun_started():  # exec'd in its own session (before that, a group signal could reach it)
+                return any(os.getsid(c) == c and "torch.distributed.run" in _cmdline(c) for c in _children(proc.pid))
+
             deadline = time.monotonic() + 60
-            while not _children(proc.pid) and time.monotonic() < deadline:
+            while not torchrun_started() and time.monotonic() < deadline:
                 time.sleep(0.01)
         os.killpg(proc.pid, signal.SIGINT)  # a terminal's Ctrl-C: torchrun and workers have sessions of their own
         assert proc.wait(timeout=180) == 130, (tmp_path / "err.txt").read_text()[-2000:]
@@ -134,7 +137,10 @@ def test_ctrl_c_under_nproc_stops_every_worker_with_one_checkpoint(tmp_path, whe
         assert _processes_with(str(out)) == []
     finally:
         for pid in _processes_with(str(out)):
-            os.kill(pid, signal.SIGKILL)
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
         proc.kill()
         proc.wait()
     said, err = (tmp_path / "out.txt").read_text(), (tmp_path / "err.txt").read_text()
@@ -146,13 +152,14 @@ def test_ctrl_c_under_nproc_stops_every_worker_with_one_checkpoint(tmp_path, whe
         assert step == 25
 
 
+def _cmdline(pid):
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        return ""
+
+
 def _processes_with(text):
     """Pids of the processes (not this one) whose command line contains ``text``."""
-    found = []
-    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
-        try:
-            if text in cmdline.read_bytes().replace(b"\0", b" ").decode(errors="replace"):
-                found.append(int(cmdline.parent.name))
-        except OSError:
-            pass
-    return [pid for pid in found if pid != os.getpid()]
+    pids = [int(p.name) for p in Path("/proc").glob("[0-9]*")]
+    return [pid for pid in pids if pid != os.getpid() and text in _cmdline(pid)]

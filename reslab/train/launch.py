@@ -3,9 +3,9 @@
 torchrun starts each worker in a session of its own, so a terminal's Ctrl-C reaches only reslab and
 torchrun; torchrun would forward it, SIGKILL any worker still saving 30 s later and end in its own
 traceback. So torchrun runs in a session of its own too, and on Ctrl-C the launcher signals the
-workers itself and waits. Each worker (``run_as_worker``) takes a Ctrl-C as a stop request from its
-first line to its last, stops with the others at their next sync step, and exits 0, so torchrun ends
-as after a finished run; rank 0 writes the run's status to a file the launcher reads and reports.
+workers itself (the pids they report when ready) and waits. Each worker (``run_as_worker``) takes a
+Ctrl-C as a stop request while it trains, stops with the others at their next sync step, and exits 0,
+so torchrun ends as after a finished run; rank 0 writes the run's status to a file the launcher reads.
 """
 
 from __future__ import annotations
@@ -25,7 +25,8 @@ from .interrupt import StopFlag
 STATUS_ENV = "RESLAB_LAUNCH_STATUS"  # set for workers started here: the file rank 0 reports to
 POLL_S = 0.2
 NO_WORKERS_GRACE_S = 60.0  # Ctrl-C and the workers still not ready after this: stop torchrun instead
-FORWARDED = (signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT)  # torchrun, in its own session, needs these too
+# torchrun, in its own session, needs these from the launcher (getattr: Windows has neither of the last two)
+FORWARDED = tuple(getattr(signal, name) for name in ("SIGTERM", "SIGHUP", "SIGQUIT") if hasattr(signal, name))
 
 
 def torchrun_command(nproc: int, argv: list[str]) -> list[str]:
@@ -55,23 +56,29 @@ def launch_torchrun(nproc: int, argv: list[str]) -> int:
     workers to save and stop and waits for them (then KeyboardInterrupt); a second one kills them."""
     with tempfile.TemporaryDirectory(prefix="reslab-launch-") as tmp, StopFlag() as stop:
         status_file = Path(tmp) / "status"
-        proc = subprocess.Popen(torchrun_command(nproc, argv), env={**os.environ, STATUS_ENV: str(status_file)},
-                                start_new_session=True)
-        previous = {sig: signal.signal(sig, lambda sig, _: proc.send_signal(sig)) for sig in FORWARDED}
+        started: list[subprocess.Popen] = []
+        # Installed before torchrun starts, so no signal finds it running without its launcher. A signal
+        # the launcher was told to ignore (nohup) stays ignored.
+        previous = {sig: signal.signal(sig, lambda sig, _: [p.send_signal(sig) for p in started])
+                    for sig in FORWARDED if signal.getsignal(sig) is not signal.SIG_IGN}
         try:
-            _wait(proc, stop, status_file, nproc)
+            started.append(subprocess.Popen(torchrun_command(nproc, argv), start_new_session=True,
+                                            env={**os.environ, STATUS_ENV: str(status_file)}))
+            _wait(started[0], stop, status_file, nproc)
         except BaseException:  # a second Ctrl-C (or anything else): leave nothing running
             signal.signal(signal.SIGINT, signal.SIG_IGN)
-            _signal_all(_children(proc.pid), signal.SIGKILL)
-            proc.kill()
-            proc.wait()
+            for proc in started:
+                _signal_all(_worker_pids(status_file) + _children(proc.pid), signal.SIGKILL)
+                proc.kill()
+                proc.wait()
             raise
         finally:
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
         status = status_file.read_text().strip() if status_file.exists() else None
-    if proc.returncode != 0:
-        return proc.returncode if proc.returncode > 0 else 128 - proc.returncode  # killed by signal N: 128 + N
+    code = started[0].returncode
+    if code != 0:
+        return code if code > 0 else 128 - code  # killed by signal N: 128 + N
     if status == "interrupted":
         raise KeyboardInterrupt
     return 0
@@ -86,8 +93,9 @@ def _wait(proc: subprocess.Popen, stop: StopFlag, status_file: Path, nproc: int)
                 asked_at = time.monotonic()
                 _say("stopping the workers at their next sync step (Ctrl-C again kills them)")
             # Only once every worker reads Ctrl-C as a request: one still importing would die of it.
-            if len(list(status_file.parent.glob("ready-*"))) >= nproc:
-                _signal_all(_children(proc.pid), signal.SIGINT)
+            workers = _worker_pids(status_file)
+            if len(workers) >= nproc:
+                _signal_all(workers, signal.SIGINT)
                 signalled = True
             elif time.monotonic() - asked_at > NO_WORKERS_GRACE_S:
                 proc.send_signal(signal.SIGINT)  # workers not ready yet (a slow start): torchrun stops its way
@@ -95,18 +103,31 @@ def _wait(proc: subprocess.Popen, stop: StopFlag, status_file: Path, nproc: int)
         time.sleep(POLL_S)
 
 
+def _worker_pids(status_file: Path) -> list[int]:
+    """The workers that have reported ready (each writes its pid to ready-RANK)."""
+    pids = []
+    for ready in status_file.parent.glob("ready-*"):
+        try:
+            pids.append(int(ready.read_text()))
+        except (OSError, ValueError):
+            pass
+    return pids
+
+
 def run_as_worker(train: Callable[[Callable[[int], bool] | None], object]):
     """``train(should_stop)``, under reslab's launcher with Ctrl-C read as a stop request for the whole of
     it (before and after the training loop too, where a KeyboardInterrupt would make torchrun report a
-    failure); rank 0 then reports the run's status to the launcher. Elsewhere just ``train(None)``."""
+    failure) and ignored once it is over; rank 0 reports the run's status to the launcher. Elsewhere just
+    ``train(None)``."""
     status_file = os.environ.get(STATUS_ENV)
     if not status_file:
         return train(None)
     with StopFlag() as stop:
-        atomic_write_text("", Path(status_file).with_name(f"ready-{os.environ.get('RANK', '0')}"))
+        atomic_write_text(str(os.getpid()), Path(status_file).with_name(f"ready-{os.environ.get('RANK', '0')}"))
         result = train(lambda step: stop.requested)
-    if os.environ.get("RANK", "0") == "0":
-        atomic_write_text(result.status + "\n", Path(status_file))
+        if os.environ.get("RANK", "0") == "0":
+            atomic_write_text(result.status + "\n", Path(status_file))
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the run is over: a late Ctrl-C must not fail this worker
     return result
 
 
