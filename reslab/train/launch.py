@@ -17,10 +17,14 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 from ..fileio import atomic_write_text
 from .interrupt import StopFlag
+
+if TYPE_CHECKING:
+    from .config import TrainConfig
+    from .loop import RunResult
 
 STATUS_ENV = "RESLAB_LAUNCH_STATUS"  # set for workers started here: the file rank 0 reports to
 POLL_S = 0.2
@@ -43,7 +47,7 @@ def torchrun_command(nproc: int, argv: list[str]) -> list[str]:
             "-m", "reslab", *rest]
 
 
-def check_before_launch(config) -> None:
+def check_before_launch(config: TrainConfig) -> None:
     """What can be checked without the data: the config (already resolved) and the model's name and
     options. A worker's error would otherwise come once per worker, then as torchrun's failure report."""
     from ..models.registry import resolve_spec
@@ -114,7 +118,7 @@ def _worker_pids(status_file: Path) -> list[int]:
     return pids
 
 
-def run_as_worker(train: Callable[[Callable[[int], bool] | None], object]):
+def run_as_worker(train: Callable[[Callable[[int], bool] | None], RunResult]) -> RunResult:
     """``train(should_stop)``, under reslab's launcher with Ctrl-C read as a stop request for the whole of
     it (before and after the training loop too, where a KeyboardInterrupt would make torchrun report a
     failure) and ignored once it is over; rank 0 reports the run's status to the launcher. Elsewhere just
