@@ -32,6 +32,7 @@ from reslab.train.checkpoint import (Checkpoint, checkpoint_dataset, load_checkp
                                      mirrored_in_training, save_checkpoint)
 from reslab.train.distill import ENSEMBLE_JOIN, teacher_sources  # noqa: E402
 from reslab.train.evaluate import evaluate  # noqa: E402
+from reslab.train.history import read_history  # noqa: E402
 
 
 def teacher_names(teacher: str) -> str:
@@ -75,7 +76,10 @@ def bundle(args: argparse.Namespace) -> None:
         raise ReslabError(f"{args.run_dir}: not a finished run (no summary.json)")
     best = load_checkpoint(args.run_dir / "best.pt")
     summary = json.loads((args.run_dir / "summary.json").read_text())
-    history = best.progress["history"]
+    history = best.progress["history"]  # up to the best epoch: best.pt was saved then
+    run_history = read_history(args.run_dir)  # every epoch of the run, for the card's curve
+    if len(run_history) < len(history):
+        raise ReslabError(f"{args.run_dir}: metrics.jsonl is missing epochs that best.pt has")
     c = best.config
     if not c.get("eval_split"):
         raise ReslabError(f"{args.run_dir}: the run was not evaluated (eval_split none); nothing to put on a card")
@@ -98,7 +102,7 @@ def bundle(args: argparse.Namespace) -> None:
         os.replace(staged, final)
     finally:
         staged.unlink(missing_ok=True)
-    best_row = min((r for r in history if r.get("eval_error") is not None), key=lambda r: r["eval_error"])
+    best_row = history[-1]
     index_path = args.weights_dir / "index.json"
     index = json.loads(index_path.read_text()) if index_path.exists() else {}
     index[args.name] = {"file": filename, "sha256": digest, "card": filename[:-3] + ".md", "data": data,
@@ -113,7 +117,7 @@ def bundle(args: argparse.Namespace) -> None:
         return "" if value is None else f"{100 * value:.2f}"
 
     curve = "\n".join(f"| {r['epoch']} | {percent(r['train_error'])} | {percent(r.get('eval_error'))} |"
-                      for r in history)
+                      for r in run_history)
     extras = "".join([
         f"; cutout {c['cutout']}x{c['cutout']}" if c.get("cutout") else "",
         f"; distilled from `{teacher_names(c['teacher'])}` (SHA-256 {short_shas(c['teacher_sha256'])}, weight "
@@ -125,7 +129,7 @@ def bundle(args: argparse.Namespace) -> None:
 - **Architecture**: {best.spec.name}, {sum(v.numel() for k, v in best.model_state.items() if 'running' not in k and 'num_batches' not in k):,} parameters, shortcut option {best.spec.shortcut}
 - **Data**: {args.data_note}
 - **Split**: trained on `{c['train_split']}`, selected and measured on `{c['eval_split']}` (val_fraction {c['val_fraction']}: per class, the last {100 * c['val_fraction']:g}% in file order)
-- **Validation accuracy**: {100 * (1 - plain.error):.2f}% (top-5 {100 * (1 - plain.top5_error):.2f}%) on the {int(plain.count):,} `{c['eval_split']}` images, float32, this file{tta_note}. The weights are those of epoch {best_row['epoch']} of {len(history)}, the best on `{c['eval_split']}` during training ({100 * (1 - best_row['eval_error']):.2f}% then{', measured under bf16 autocast' if c.get('cpu_bf16') else ''})
+- **Validation accuracy**: {100 * (1 - plain.error):.2f}% (top-5 {100 * (1 - plain.top5_error):.2f}%) on the {int(plain.count):,} `{c['eval_split']}` images, float32, this file{tta_note}. The weights are those of epoch {best_row['epoch']} of {len(run_history)}, the best on `{c['eval_split']}` during training ({100 * (1 - best_row['eval_error']):.2f}% then{', measured under bf16 autocast' if c.get('cpu_bf16') else ''})
 - **Recipe**: `{c['recipe']}`: {c['optimizer']} lr {c['lr']} ({c['schedule']}, warm-up fraction {c['warmup_fraction']}), momentum {c['momentum']}, nesterov {c['nesterov']}, weight decay {c['weight_decay']} (BN/bias exempt: {c['no_decay_bn_bias']}), label smoothing {c['label_smoothing']}, batch {c['batch_size']}, {f"{c['iterations']:,} iterations" if c.get('iterations') else f"{c['epochs']:g} epochs"}; {'bfloat16 autocast (`cpu_bf16`)' if c.get('cpu_bf16') else 'float32'} training{extras}
 - **Command**: `{args.command}`
 - **Seed**: {c['seed']}

@@ -365,3 +365,28 @@ def test_mirroring_of_old_checkpoints_is_derived_from_their_data(trained):
     flipped_data = replace(digits, augment=replace(digits.augment, flip=True))
     assert mirrored_in_training(old, flipped_data) is True
     assert mirrored_in_training(replace(old, config={**old.config, "augment": False}), flipped_data) is False
+
+
+def test_bundle_card_counts_every_epoch_when_the_best_is_not_the_last(trained, tmp_path):
+    import shutil
+    from dataclasses import replace
+
+    from reslab.train.checkpoint import save_checkpoint
+
+    run = tmp_path / "run"
+    shutil.copytree(trained, run)
+    # As if validation peaked at epoch 2 of 4: best.pt was then last written with two epochs of history.
+    best = load_checkpoint(run / "best.pt")
+    save_checkpoint(replace(best, progress={**best.progress, "history": best.progress["history"][:2]}), run / "best.pt")
+    script = Path(__file__).resolve().parents[1] / "scripts" / "bundle_weights.py"
+    weights = tmp_path / "weights"
+    weights.mkdir()
+    result = subprocess.run([sys.executable, str(script), str(run), "resnet20", "--command", "reslab train ...",
+                             "--machine", "a test machine", "--data-note", "digits", "--weights-dir", str(weights)],
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    index = json.loads((weights / "index.json").read_text())["resnet20"]
+    card = (weights / index["card"]).read_text()
+    assert index["epoch"] == 2 and "the weights are those of epoch 2 of 4" in card.lower()
+    curve_rows = [line for line in card.splitlines() if re.match(r"\| \d+ \|", line)]
+    assert [row.split("|")[1].strip() for row in curve_rows] == ["1", "2", "3", "4"]
