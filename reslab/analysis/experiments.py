@@ -31,7 +31,7 @@ from ..tables import format_table
 from ..train.config import resolve
 from ..train.recipes import recipe_values
 from ..train.history import read_history
-from ..train.interrupt import StopFlag
+from ..train.interrupt import StopFlag, say_while_stopping
 from ..train.loop import fit, resume_run
 from ..train.schedules import milestone_steps
 
@@ -161,11 +161,8 @@ def _failures_message(failures: list[str]) -> str:
 
 
 def _report_failures(failures: list[str]) -> None:
-    if failures:
-        try:
-            print(_failures_message(failures), file=sys.stderr, flush=True)
-        except OSError:  # stderr gone (a closed pipe): the interruption must still end the experiment
-            pass
+    if failures:  # before the interruption ends the experiment, which would hide them
+        say_while_stopping(_failures_message(failures))
 
 
 def _stop_members(running: list, quiet: bool) -> None:
@@ -174,8 +171,7 @@ def _stop_members(running: list, quiet: bool) -> None:
     alive = [entry for entry in running if entry[1].poll() is None]
     try:
         if alive and not quiet:
-            print(f"stopping {len(alive)} member(s) at their next step (Ctrl-C again kills them)",
-                  file=sys.stderr, flush=True)
+            say_while_stopping(f"stopping {len(alive)} member(s) at their next step (Ctrl-C again kills them)")
         for _, proc, _, _ in alive:
             proc.send_signal(signal.SIGINT)
         deadline = time.monotonic() + STOP_WAIT_S

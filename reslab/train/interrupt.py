@@ -8,6 +8,7 @@ points cannot be lost that way.
 from __future__ import annotations
 
 import signal
+import sys
 from typing import Any
 
 
@@ -37,3 +38,12 @@ class StopFlag:
             # A handler set outside Python reads back as None; the default is the nearest we can restore.
             signal.signal(signal.SIGINT, self._previous if self._previous is not None else signal.default_int_handler)
             self._installed = False
+
+
+def say_while_stopping(text: str) -> None:
+    """A line on stderr that must not get in the way of stopping: a closed stderr (a pipe whose reader
+    is gone) is ignored rather than raised into the code that is stopping workers or members."""
+    try:
+        print(text, file=sys.stderr, flush=True)
+    except OSError:
+        pass

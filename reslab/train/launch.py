@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Callable
 
 from ..fileio import atomic_write_text
-from .interrupt import StopFlag
+from .interrupt import StopFlag, say_while_stopping
 
 if TYPE_CHECKING:
     from .config import TrainConfig
@@ -95,7 +95,7 @@ def _wait(proc: subprocess.Popen, stop: StopFlag, status_file: Path, nproc: int)
         if stop.requested and not signalled:
             if asked_at is None:
                 asked_at = time.monotonic()
-                _say("stopping the workers at their next sync step (Ctrl-C again kills them)")
+                say_while_stopping("stopping the workers at their next sync step (Ctrl-C again kills them)")
             # Only once every worker reads Ctrl-C as a request: one still importing would die of it.
             workers = _worker_pids(status_file)
             if len(workers) >= nproc:
@@ -137,13 +137,6 @@ def run_as_worker(train: Callable[[Callable[[int], bool] | None], RunResult]) ->
 
 def launched() -> bool:
     return bool(os.environ.get(STATUS_ENV))
-
-
-def _say(text: str) -> None:
-    try:
-        print(text, file=sys.stderr, flush=True)
-    except OSError:  # stderr gone (a closed pipe): stopping matters more than saying so
-        pass
 
 
 def _children(pid: int) -> list[int]:
