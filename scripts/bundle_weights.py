@@ -78,8 +78,11 @@ def bundle(args: argparse.Namespace) -> None:
     summary = json.loads((args.run_dir / "summary.json").read_text())
     history = best.progress["history"]  # up to the best epoch: best.pt was saved then
     run_history = read_history(args.run_dir)  # every epoch of the run, for the card's curve
-    if len(run_history) < len(history):
-        raise ReslabError(f"{args.run_dir}: metrics.jsonl is missing epochs that best.pt has")
+    # best.pt must be this run's best epoch: a best.pt from elsewhere, or one left behind when the run was
+    # killed between writing last.pt and best.pt, would put the wrong epoch's weights under this card.
+    if run_history[:len(history)] != history or history[-1].get("eval_error") != summary.get("best_eval_error"):
+        raise ReslabError(f"{args.run_dir}: best.pt is not the best epoch of the run that metrics.jsonl and "
+                          "summary.json describe")
     c = best.config
     if not c.get("eval_split"):
         raise ReslabError(f"{args.run_dir}: the run was not evaluated (eval_split none); nothing to put on a card")

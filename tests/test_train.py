@@ -373,20 +373,34 @@ def test_bundle_card_counts_every_epoch_when_the_best_is_not_the_last(trained, t
 
     from reslab.train.checkpoint import save_checkpoint
 
+    script = Path(__file__).resolve().parents[1] / "scripts" / "bundle_weights.py"
+
+    def bundle(run):
+        weights = tmp_path / "weights"
+        weights.mkdir(exist_ok=True)
+        return subprocess.run([sys.executable, str(script), str(run), "resnet20", "--command", "reslab train ...",
+                               "--machine", "a test machine", "--data-note", "digits", "--weights-dir", str(weights)],
+                              capture_output=True, text=True, timeout=300), weights
+
     run = tmp_path / "run"
     shutil.copytree(trained, run)
-    # As if validation peaked at epoch 2 of 4: best.pt was then last written with two epochs of history.
+    # A best.pt of one epoch in a run of four whose files say epoch 4 was best: refused in one line.
     best = load_checkpoint(run / "best.pt")
-    save_checkpoint(replace(best, progress={**best.progress, "history": best.progress["history"][:2]}), run / "best.pt")
-    script = Path(__file__).resolve().parents[1] / "scripts" / "bundle_weights.py"
-    weights = tmp_path / "weights"
-    weights.mkdir()
-    result = subprocess.run([sys.executable, str(script), str(run), "resnet20", "--command", "reslab train ...",
-                             "--machine", "a test machine", "--data-note", "digits", "--weights-dir", str(weights)],
-                            capture_output=True, text=True, timeout=300)
+    save_checkpoint(replace(best, progress={**best.progress, "history": best.progress["history"][:1]}), run / "best.pt")
+    refused, _ = bundle(run)
+    assert refused.returncode == 1 and "best.pt is not the best epoch" in refused.stderr
+    assert "Traceback" not in refused.stderr
+    # As if validation peaked at epoch 1 of 4: the later epochs' records read worse.
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    for row in rows[1:]:
+        row["eval_error"] = rows[0]["eval_error"] + 0.05
+    (run / "metrics.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
+    summary = json.loads((run / "summary.json").read_text())
+    (run / "summary.json").write_text(json.dumps({**summary, "best_eval_error": rows[0]["eval_error"]}))
+    result, weights = bundle(run)
     assert result.returncode == 0, result.stderr
     index = json.loads((weights / "index.json").read_text())["resnet20"]
     card = (weights / index["card"]).read_text()
-    assert index["epoch"] == 2 and "the weights are those of epoch 2 of 4" in card.lower()
+    assert index["epoch"] == 1 and "the weights are those of epoch 1 of 4" in card.lower()
     curve_rows = [line for line in card.splitlines() if re.match(r"\| \d+ \|", line)]
     assert [row.split("|")[1].strip() for row in curve_rows] == ["1", "2", "3", "4"]
