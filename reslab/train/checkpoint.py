@@ -36,6 +36,10 @@ class Checkpoint:
     # Whether training mirrored images (so a mirror image is the same class, and flip TTA is sound).
     # None: not recorded, in checkpoints written before this field.
     trained_with_flips: bool | None = None
+    # A run's weight average (reslab/train/averaging.py) and how many epochs' weights it holds, so a
+    # resumed run carries it on.
+    average_state: dict[str, torch.Tensor] | None = None
+    average_count: int = 0
     path: Path | None = None
 
     def to_payload(self) -> dict[str, Any]:
@@ -44,6 +48,7 @@ class Checkpoint:
             "normalizer": self.normalizer.to_dict(), "input_size": self.input_size, "model": self.model_state,
             "optimizer": self.optimizer_state, "progress": dict(self.progress), "config": dict(self.config),
             "rng": self.rng_state, "trained_with_flips": self.trained_with_flips,
+            "average": None if self.average_state is None else {"state": self.average_state, "count": self.average_count},
         }
 
     def build_model(self) -> nn.Module:
@@ -89,6 +94,8 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
             optimizer_state=payload.get("optimizer"), progress=dict(payload.get("progress") or {}),
             config=dict(payload.get("config") or {}), rng_state=payload.get("rng"),
             trained_with_flips=payload.get("trained_with_flips"), path=path,
+            average_state=(payload.get("average") or {}).get("state"),
+            average_count=int((payload.get("average") or {}).get("count", 0)),
         )
     except (KeyError, TypeError, SpecError) as exc:
         raise CheckpointError(f"{path}: incomplete reslab checkpoint ({exc})") from None

@@ -79,6 +79,10 @@ class TrainConfig:
     # Paper Sec. 4.2, ResNet-110/1202: lr warmup_lr until the training error drops below this, then lr.
     warmup_until_error: float | None = None
     warmup_lr: float = 0.01
+    # Weight averaging (reslab/train/averaging.py): from this point on, the weights at the end of every
+    # epoch join a running mean, evaluated and saved as averaged.pt. Below 1 a fraction of the run (0.75:
+    # the last quarter), else an epoch count; None: no averaging.
+    average_from: float | None = None
     # ---- running ------------------------------------------------------------------------
     seed: int = 0
     eval_every: int = 1  # epochs
@@ -139,6 +143,8 @@ class TrainConfig:
         need(self.iterations is None or (isinstance(self.iterations, int) and self.iterations > 0),
              f"iterations must be a positive integer, got {self.iterations!r}")
         need(self.epochs is None or self.epochs > 0, f"epochs must be positive, got {self.epochs}")
+        need(self.average_from is None or self.average_from >= 0,
+             f"average_from must be >= 0 (a fraction of the run below 1, else epochs), got {self.average_from}")
         need(self.cutout >= 0, f"cutout must be a whole number of pixels >= 0, got {self.cutout!r}")
         need(self.eval_every >= 1, f"eval_every must be >= 1, got {self.eval_every}")
         need(self.train_split in ("train", "trainval"), f"train_split must be train or trainval, got {self.train_split!r}")

@@ -31,6 +31,7 @@ from ..fileio import atomic_write_text
 from ..models.registry import resolve_spec
 from ..models.resnet import NetSpec, ResNet
 from . import distributed
+from .averaging import WeightAverage, first_averaged_epoch
 from .checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from .config import TrainConfig
 from .distill import (ENSEMBLE_JOIN, Teacher, cached_teacher_logits, check_teacher, load_teacher, teacher_checkpoint,
@@ -221,6 +222,16 @@ def _fit(config: TrainConfig, device: torch.device, ctx: distributed.DistContext
     total_steps = config.iterations or math.ceil(config.epochs * len(loader))
     schedule = schedule_for(config, total_steps)
 
+    average, first_average, batchnorm_images = None, 0, None
+    if config.average_from is not None:
+        first_average = first_averaged_epoch(config.average_from, total_steps / len(loader))
+        average = (WeightAverage(model, checkpoint.average_state, checkpoint.average_count)
+                   if checkpoint is not None and checkpoint.average_state is not None else WeightAverage(model))
+        # The averaged weights' BN statistics are measured on the training images as evaluation sees
+        # them (unaugmented), each process its own share; rank 0's are then given to all.
+        batchnorm_images = EvalLoader(train_data, config.eval_batch_size, normalizer, device=device,
+                                      rank=ctx.rank, world_size=ctx.world_size)
+
     state_now = Progression(**checkpoint.progress) if checkpoint else Progression(
         warming_up=config.warmup_until_error is not None)
     if checkpoint is not None and not ctx.is_main:
@@ -256,7 +267,9 @@ def _fit(config: TrainConfig, device: torch.device, ctx: distributed.DistContext
                           input_size=train_data.image_size, model_state=model.state_dict(),
                           optimizer_state=optimizer.state_dict(), progress=state_now.__dict__.copy(),
                           config=config.to_dict(), rng_state=torch.get_rng_state(),
-                          trained_with_flips=loader.augment.flip)
+                          trained_with_flips=loader.augment.flip,
+                          average_state=average.state_dict() if average is not None and average.count else None,
+                          average_count=average.count if average is not None else 0)
         for name in names:
             save_checkpoint(ckpt, run_dir / name)
 
@@ -361,6 +374,23 @@ def _fit(config: TrainConfig, device: torch.device, ctx: distributed.DistContext
                 result = evaluate(model, eval_loader, spec.num_classes, autocast=use_amp)
                 distributed.all_sum(result.tensors(), ctx)
                 row.update(eval_loss=result.loss, eval_error=result.error, eval_top5_error=result.top5_error)
+            if average is not None and state_now.epoch + 1 >= first_average:
+                average.add(model)
+                averaged = average.averaged_model(model, batchnorm_images)
+                distributed.broadcast_buffers(averaged, ctx)
+                row["averaged_epochs"] = average.count
+                if eval_loader is not None:
+                    result = evaluate(averaged, eval_loader, spec.num_classes, autocast=use_amp)
+                    distributed.all_sum(result.tensors(), ctx)
+                    row.update(average_eval_loss=result.loss, average_eval_error=result.error,
+                               average_eval_top5_error=result.top5_error)
+                if ctx.is_main:
+                    save_checkpoint(Checkpoint(spec=spec, classes=train_data.classes, normalizer=normalizer,
+                                               input_size=train_data.image_size, model_state=averaged.state_dict(),
+                                               progress={**state_now.__dict__, "epoch": state_now.epoch + 1},
+                                               config=config.to_dict(), trained_with_flips=loader.augment.flip),
+                                    run_dir / "averaged.pt")
+                del averaged
             state_now.wall_time_s = wall_at_start + time.monotonic() - session_start
             row["wall_time_s"] = state_now.wall_time_s
             state_now.history.append(row)
@@ -427,6 +457,8 @@ def _epoch_line(row: dict[str, Any], total_steps: int) -> str:
             f"train err {100 * row['train_error']:5.2f}%")
     if "eval_error" in row:
         text += f"  eval err {100 * row['eval_error']:5.2f}%"
+    if "average_eval_error" in row:
+        text += f"  averaged ({row['averaged_epochs']}) {100 * row['average_eval_error']:5.2f}%"
     return text + f"  {row['images_per_s']:.0f} img/s  {format_seconds(row['wall_time_s'])}"
 
 
@@ -445,6 +477,7 @@ def finish(run_dir: Path, spec: NetSpec, state: Progression, config: TrainConfig
         "eval_split": config.eval_split, "wall_time_s": state.wall_time_s,
         "images_per_s": (sum(r["images_per_s"] for r in history) / len(history)) if history else None,
         "seed": config.seed,
+        "averaged_epochs": last.get("averaged_epochs"), "average_eval_error": last.get("average_eval_error"),
     }
     atomic_write_text(json.dumps(summary, indent=2) + "\n", run_dir / "summary.json")
     lines = [f"# {spec.name} on {config.data} ({config.recipe} recipe)", "",
@@ -453,6 +486,9 @@ def finish(run_dir: Path, spec: NetSpec, state: Progression, config: TrainConfig
     if last.get("eval_error") is not None:
         lines.append(f"- final {config.eval_split} error: {100 * last['eval_error']:.2f}%"
                      f" (best {100 * state.best_error:.2f}%)")
+    if last.get("average_eval_error") is not None:
+        lines.append(f"- {config.eval_split} error of the weights averaged over the last {last['averaged_epochs']} "
+                     f"epochs (averaged.pt): {100 * last['average_eval_error']:.2f}%")
     if last:
         lines.append(f"- final training error: {100 * last['train_error']:.2f}%")
     lines += ["", "![error curves](curves.png)", ""]

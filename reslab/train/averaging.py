@@ -1,0 +1,77 @@
+"""Stochastic weight averaging (Izmailov et al. 2018, "Averaging Weights Leads to Wider Optima and
+Better Generalization"): the plain mean of the weights at the end of every epoch from ``average_from``
+on. Batch-norm statistics are not averaged: the running means and variances of the trained network
+belong to its own weights, not to their mean, so they are measured again for the averaged weights,
+with one pass over the training images, before the average is evaluated or saved.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Iterable
+
+import torch
+from torch import nn
+
+
+def first_averaged_epoch(average_from: float, total_epochs: float) -> int:
+    """The first epoch (1-based) whose end weights join the average: ``average_from`` below 1 is a
+    fraction of the run (0.75: the last quarter), 1 and more an epoch count (10: from the end of epoch 11)."""
+    start = average_from * total_epochs if average_from < 1 else average_from
+    return max(1, math.floor(start) + 1)
+
+
+class WeightAverage:
+    """A running mean of a model's parameters (not its buffers), kept in float32 on the model's device."""
+
+    def __init__(self, model: nn.Module, state: dict[str, torch.Tensor] | None = None, count: int = 0):
+        self.names = [name for name, _ in model.named_parameters()]
+        self.count = count
+        if state is None:
+            self.mean = {name: p.detach().float().clone() for name, p in model.named_parameters()}
+        else:
+            device = next(model.parameters()).device
+            self.mean = {name: state[name].to(device, torch.float32) for name in self.names}
+
+    @torch.no_grad()
+    def add(self, model: nn.Module) -> None:
+        self.count += 1
+        for name, p in model.named_parameters():
+            if self.count == 1:
+                self.mean[name].copy_(p.detach())
+            else:
+                self.mean[name].add_(p.detach().float() - self.mean[name], alpha=1.0 / self.count)
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        return {name: t.detach().cpu().clone() for name, t in self.mean.items()}
+
+    @torch.no_grad()
+    def averaged_model(self, template: nn.Module, images: Iterable[tuple[torch.Tensor, torch.Tensor]]) -> nn.Module:
+        """A copy of ``template`` holding the mean weights, its BN statistics measured on ``images``."""
+        import copy
+
+        model = copy.deepcopy(template)
+        for name, p in model.named_parameters():
+            p.copy_(self.mean[name])
+        recompute_batchnorm(model, images)
+        return model.eval()
+
+
+@torch.no_grad()
+def recompute_batchnorm(model: nn.Module, batches: Iterable[tuple[torch.Tensor, torch.Tensor]]) -> None:
+    """Replace every BN layer's running statistics by their mean over ``batches`` (a cumulative average,
+    momentum None, each batch counted once) rather than an exponential one."""
+    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    if not norms:
+        return
+    saved = [(m.momentum, m.training) for m in norms]
+    for m in norms:
+        m.reset_running_stats()
+        m.momentum = None
+    was_training = model.training
+    model.train()
+    for x, _ in batches:
+        model(x)
+    for m, (momentum, _) in zip(norms, saved):
+        m.momentum = momentum
+    model.train(was_training)
