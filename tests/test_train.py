@@ -288,6 +288,14 @@ def test_cpu_bf16_autocast_trains_and_differs_from_float32(tmp_path):
     assert load_checkpoint(tmp_path / "bf16" / "last.pt").config["cpu_bf16"] is True
 
 
+@pytest.mark.parametrize("native", [True, False])
+def test_cpu_bf16_warns_where_the_cpu_only_emulates_bf16(native, tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr("reslab.train.loop.bfloat16_is_fast", lambda device: native)
+    fit(tiny_config(tmp_path / "run", iterations=2, cpu_bf16=True), quiet=False)
+    warned = "no native bf16 arithmetic" in capsys.readouterr().err
+    assert warned is not native
+
+
 def test_cutout_setting_trains_and_is_checked(tmp_path):
     config = resolve("fast", overrides=parse_overrides(["cutout=4"]))
     assert config.cutout == 4
