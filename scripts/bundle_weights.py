@@ -2,7 +2,10 @@
 """Maintainers' tool: copy a finished run's best model into reslab/weights/ with its model card.
 
     python scripts/bundle_weights.py RUN_DIR NAME --command "reslab train ..." --machine "..." \
-        --data-note "..." [--data-root DATA]
+        --data-note "..." [--data-root DATA] [--averaged]
+
+``--averaged`` bundles the run's weight average (``averaged.pt``, from ``average_from``) instead of
+its best epoch.
 
 Writes reslab/weights/<data>-<NAME>.pt (model, architecture, classes, normalisation; no optimizer),
 its SHA-256 into reslab/weights/index.json, and a model card reslab/weights/<file>.md.
@@ -63,6 +66,8 @@ def main() -> None:
     parser.add_argument("--machine", required=True)
     parser.add_argument("--data-note", required=True, help="what the training data was")
     parser.add_argument("--data-root", help="where the training data lives (default: as recorded in the run)")
+    parser.add_argument("--averaged", action="store_true",
+                        help="bundle averaged.pt (the run's weight average) instead of best.pt")
     parser.add_argument("--weights-dir", type=Path, default=WEIGHTS_DIR, help="default: the package's weights folder")
     args = parser.parse_args()
     try:
@@ -74,15 +79,23 @@ def main() -> None:
 def bundle(args: argparse.Namespace) -> None:
     if not (args.run_dir / "summary.json").exists():
         raise ReslabError(f"{args.run_dir}: not a finished run (no summary.json)")
-    best = load_checkpoint(args.run_dir / "best.pt")
     summary = json.loads((args.run_dir / "summary.json").read_text())
-    history = best.progress["history"]  # up to the best epoch: best.pt was saved then
     run_history = read_history(args.run_dir)  # every epoch of the run, for the card's curve
-    # best.pt must be this run's best epoch: a best.pt from elsewhere, or one left behind when the run was
-    # killed between writing last.pt and best.pt, would put the wrong epoch's weights under this card.
-    if run_history[:len(history)] != history or history[-1].get("eval_error") != summary.get("best_eval_error"):
-        raise ReslabError(f"{args.run_dir}: best.pt is not the best epoch of the run that metrics.jsonl and "
-                          "summary.json describe")
+    if args.averaged:
+        best = load_checkpoint(args.run_dir / "averaged.pt")
+        # The average of the run's last epoch, or the card's epochs and accuracy would describe another.
+        epochs = int(best.progress.get("epoch", 0))
+        if epochs != len(run_history) or "average_eval_error" not in run_history[-1]:
+            raise ReslabError(f"{args.run_dir}: averaged.pt is not the weight average of the run's last epoch")
+        history = run_history
+    else:
+        best = load_checkpoint(args.run_dir / "best.pt")
+        history = best.progress["history"]  # up to the best epoch: best.pt was saved then
+        # best.pt must be this run's best epoch: a best.pt from elsewhere, or one left behind when the run was
+        # killed between writing last.pt and best.pt, would put the wrong epoch's weights under this card.
+        if run_history[:len(history)] != history or history[-1].get("eval_error") != summary.get("best_eval_error"):
+            raise ReslabError(f"{args.run_dir}: best.pt is not the best epoch of the run that metrics.jsonl and "
+                              "summary.json describe")
     c = best.config
     if not c.get("eval_split"):
         raise ReslabError(f"{args.run_dir}: the run was not evaluated (eval_split none); nothing to put on a card")
@@ -119,20 +132,33 @@ def bundle(args: argparse.Namespace) -> None:
     def percent(value: float | None) -> str:
         return "" if value is None else f"{100 * value:.2f}"
 
+    averaging = any("average_eval_error" in r for r in run_history)
     curve = "\n".join(f"| {r['epoch']} | {percent(r['train_error'])} | {percent(r.get('eval_error'))} |"
-                      for r in run_history)
+                      + (f" {percent(r.get('average_eval_error'))} |" if averaging else "") for r in run_history)
+    curve_head = ("| epoch | train error % | val error % |" + (" averaged weights' val error % |" if averaging else "")
+                  + "\n|---|---|---|" + ("---|" if averaging else ""))
+    if args.averaged:
+        first = next(r["epoch"] for r in run_history if "averaged_epochs" in r)
+        which = (f"The weights are the mean of those at the ends of epochs {first}-{best_row['epoch']} of "
+                 f"{len(run_history)} (stochastic weight averaging, `average_from` {c['average_from']}), their BN "
+                 f"statistics measured again on the training images "
+                 f"({100 * (1 - best_row['average_eval_error']):.2f}% on `{c['eval_split']}` then")
+    else:
+        which = (f"The weights are those of epoch {best_row['epoch']} of {len(run_history)}, the best on "
+                 f"`{c['eval_split']}` during training ({100 * (1 - best_row['eval_error']):.2f}% then")
     extras = "".join([
         f"; cutout {c['cutout']}x{c['cutout']}" if c.get("cutout") else "",
         f"; distilled from `{teacher_names(c['teacher'])}` (SHA-256 {short_shas(c['teacher_sha256'])}, weight "
         f"{c['distill_weight']}, T {c['distill_temperature']}, teacher mode {c.get('teacher_mode', 'online')})"
         if c.get("teacher") else "",
+        f"; started from the weights of `{Path(c['init_from']).name}`" if c.get("init_from") else "",
     ])
     card = f"""# {args.name} on {data} (bundled with reslab)
 
 - **Architecture**: {best.spec.name}, {sum(v.numel() for k, v in best.model_state.items() if 'running' not in k and 'num_batches' not in k):,} parameters, shortcut option {best.spec.shortcut}
 - **Data**: {args.data_note}
 - **Split**: trained on `{c['train_split']}`, selected and measured on `{c['eval_split']}` (val_fraction {c['val_fraction']}: per class, the last {100 * c['val_fraction']:g}% in file order)
-- **Validation accuracy**: {100 * (1 - plain.error):.2f}% (top-5 {100 * (1 - plain.top5_error):.2f}%) on the {int(plain.count):,} `{c['eval_split']}` images, float32, this file{tta_note}. The weights are those of epoch {best_row['epoch']} of {len(run_history)}, the best on `{c['eval_split']}` during training ({100 * (1 - best_row['eval_error']):.2f}% then{', measured under bf16 autocast' if c.get('cpu_bf16') else ''})
+- **Validation accuracy**: {100 * (1 - plain.error):.2f}% (top-5 {100 * (1 - plain.top5_error):.2f}%) on the {int(plain.count):,} `{c['eval_split']}` images, float32, this file{tta_note}. {which}{', measured under bf16 autocast' if c.get('cpu_bf16') else ''})
 - **Recipe**: `{c['recipe']}`: {c['optimizer']} lr {c['lr']} ({c['schedule']}, warm-up fraction {c['warmup_fraction']}), momentum {c['momentum']}, nesterov {c['nesterov']}, weight decay {c['weight_decay']} (BN/bias exempt: {c['no_decay_bn_bias']}), label smoothing {c['label_smoothing']}, batch {c['batch_size']}, {f"{c['iterations']:,} iterations" if c.get('iterations') else f"{c['epochs']:g} epochs"}; {'bfloat16 autocast (`cpu_bf16`)' if c.get('cpu_bf16') else 'float32'} training{extras}
 - **Command**: `{args.command}`
 - **Seed**: {c['seed']}
@@ -143,8 +169,7 @@ def bundle(args: argparse.Namespace) -> None:
 
 ## Training curve
 
-| epoch | train error % | val error % |
-|---|---|---|
+{curve_head}
 {curve}
 """
     atomic_write_text(card, args.weights_dir / index[args.name]["card"])

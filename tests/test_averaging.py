@@ -72,3 +72,34 @@ def test_an_averaging_run_saves_the_mean_of_its_epochs_and_resumes_it(tmp_path):
     running = [n for n in averaged.model_state if n.endswith("running_mean")]
     assert not all(torch.allclose(averaged.model_state[n], epoch4[n]) for n in running)
     assert (split / "summary.md").read_text().count("averaged over the last 2 epochs") == 1
+
+
+def test_the_bundle_script_takes_the_average_and_says_so_on_the_card(tmp_path):
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[1] / "scripts" / "bundle_weights.py"
+
+    def bundle(run):
+        return subprocess.run([sys.executable, str(script), str(run), "resnet8", "--averaged", "--command", "reslab ...",
+                               "--machine", "a test machine", "--data-note", "digits",
+                               "--weights-dir", str(tmp_path / "weights")], capture_output=True, text=True, timeout=300)
+
+    (tmp_path / "weights").mkdir()
+    fit(tiny_config(tmp_path / "run", epochs=4, average_from=2), quiet=True)
+    result = bundle(tmp_path / "run")
+    assert result.returncode == 0, result.stderr
+    index = json.loads((tmp_path / "weights" / "index.json").read_text())["resnet8"]
+    bundled = load_checkpoint(tmp_path / "weights" / index["file"]).model_state
+    averaged = load_checkpoint(tmp_path / "run" / "averaged.pt").model_state
+    assert all(torch.equal(bundled[k], averaged[k]) for k in averaged)
+    card = (tmp_path / "weights" / index["card"]).read_text()
+    assert "the mean of those at the ends of epochs 3-4 of 4" in card and "averaged weights' val error %" in card
+    assert index["epoch"] == 4
+
+    fit(tiny_config(tmp_path / "plain", epochs=1), quiet=True)
+    refused = bundle(tmp_path / "plain")
+    assert refused.returncode == 1 and "Traceback" not in refused.stderr
+    assert refused.stderr.strip().endswith("averaged.pt: no such checkpoint")

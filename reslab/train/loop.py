@@ -390,13 +390,8 @@ def _fit(config: TrainConfig, device: torch.device, ctx: distributed.DistContext
                     distributed.all_sum(result.tensors(), ctx)
                     row.update(average_eval_loss=result.loss, average_eval_error=result.error,
                                average_eval_top5_error=result.top5_error)
-                if ctx.is_main:
-                    save_checkpoint(Checkpoint(spec=spec, classes=train_data.classes, normalizer=normalizer,
-                                               input_size=train_data.image_size, model_state=averaged.state_dict(),
-                                               progress={**state_now.__dict__, "epoch": state_now.epoch + 1},
-                                               config=config.to_dict(), trained_with_flips=loader.augment.flip),
-                                    run_dir / "averaged.pt")
-                del averaged
+            else:
+                averaged = None
             state_now.wall_time_s = wall_at_start + time.monotonic() - session_start
             row["wall_time_s"] = state_now.wall_time_s
             state_now.history.append(row)
@@ -407,6 +402,12 @@ def _fit(config: TrainConfig, device: torch.device, ctx: distributed.DistContext
             if improved:
                 state_now.best_error = row["eval_error"]
             save(["last.pt", "best.pt"] if improved or (eval_loader is None and final) else ["last.pt"])
+            if averaged is not None and ctx.is_main:
+                # Its progress is the epoch's, history included: a card can tell which epochs it averages.
+                save_checkpoint(Checkpoint(spec=spec, classes=train_data.classes, normalizer=normalizer,
+                                           input_size=train_data.image_size, model_state=averaged.state_dict(),
+                                           progress=state_now.__dict__.copy(), config=config.to_dict(),
+                                           trained_with_flips=loader.augment.flip), run_dir / "averaged.pt")
             if ctx.is_main:
                 write_history(state_now.history, run_dir)
                 tensorboard.log(row)
