@@ -2,7 +2,8 @@
 Better Generalization"): the plain mean of the weights at the end of every epoch from ``average_from``
 on. Batch-norm statistics are not averaged: the running means and variances of the trained network
 belong to its own weights, not to their mean, so they are measured again for the averaged weights,
-with one pass over the training images, before the average is evaluated or saved.
+with one pass over an epoch of augmented training batches (the images the running statistics were
+taken from), before the average is evaluated or saved.
 """
 
 from __future__ import annotations

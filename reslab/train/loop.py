@@ -228,15 +228,11 @@ def _fit(config: TrainConfig, device: torch.device, ctx: distributed.DistContext
     total_steps = config.iterations or math.ceil(config.epochs * len(loader))
     schedule = schedule_for(config, total_steps)
 
-    average, first_average, batchnorm_images = None, 0, None
+    average, first_average = None, 0
     if config.average_from is not None:
         first_average = first_averaged_epoch(config.average_from, total_steps / len(loader))
         average = (WeightAverage(model, checkpoint.average_state, checkpoint.average_count)
                    if checkpoint is not None and checkpoint.average_state is not None else WeightAverage(model))
-        # The averaged weights' BN statistics are measured on the training images as evaluation sees
-        # them (unaugmented), each process its own share; rank 0's are then given to all.
-        batchnorm_images = EvalLoader(train_data, config.eval_batch_size, normalizer, device=device,
-                                      rank=ctx.rank, world_size=ctx.world_size)
 
     state_now = Progression(**checkpoint.progress) if checkpoint else Progression(
         warming_up=config.warmup_until_error is not None)
@@ -382,7 +378,11 @@ def _fit(config: TrainConfig, device: torch.device, ctx: distributed.DistContext
                 row.update(eval_loss=result.loss, eval_error=result.error, eval_top5_error=result.top5_error)
             if average is not None and state_now.epoch + 1 >= first_average:
                 average.add(model)
-                averaged = average.averaged_model(model, batchnorm_images)
+                # BN statistics from the epoch's own augmented batches, as training's running statistics
+                # are: measured on unaugmented images instead, they cost the first ResNet-20 average
+                # (one epoch, so the live weights) 2.1 points of validation accuracy (14.78% error against
+                # 12.66%). Each process measures its share; rank 0's are then given to all.
+                averaged = average.averaged_model(model, loader.epoch(state_now.epoch))
                 distributed.broadcast_buffers(averaged, ctx)
                 row["averaged_epochs"] = average.count
                 if eval_loader is not None:
