@@ -1,4 +1,6 @@
 import pickle
+import subprocess
+import sys
 import tarfile
 from pathlib import Path
 
@@ -7,6 +9,15 @@ import pytest
 import torch
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
+BUNDLE_SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "bundle_weights.py"
+
+
+def run_bundle_script(run: Path, name: str, weights_dir: Path, *extra: str,
+                      command: str = "reslab train ...") -> subprocess.CompletedProcess:
+    """scripts/bundle_weights.py on ``run`` into ``weights_dir``, with placeholder card fields."""
+    return subprocess.run([sys.executable, str(BUNDLE_SCRIPT), str(run), name, *extra, "--command", command,
+                           "--machine", "a test machine", "--data-note", "digits", "--weights-dir", str(weights_dir)],
+                          capture_output=True, text=True, timeout=300)
 
 
 def write_cifar_folder(root: Path, per_batch: int = 20, str_keys: bool = False, with_test: bool = True,

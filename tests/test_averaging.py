@@ -9,6 +9,7 @@ from reslab.train.averaging import WeightAverage, first_averaged_epoch, recomput
 from reslab.train.checkpoint import load_checkpoint
 from reslab.train.loop import fit, resume_run
 
+from conftest import run_bundle_script
 from test_train import strip_timing, tiny_config
 
 
@@ -76,16 +77,9 @@ def test_an_averaging_run_saves_the_mean_of_its_epochs_and_resumes_it(tmp_path):
 
 def test_the_bundle_script_takes_the_average_and_says_so_on_the_card(tmp_path):
     import json
-    import subprocess
-    import sys
-    from pathlib import Path
-
-    script = Path(__file__).resolve().parents[1] / "scripts" / "bundle_weights.py"
 
     def bundle(run):
-        return subprocess.run([sys.executable, str(script), str(run), "resnet8", "--averaged", "--command", "reslab ...",
-                               "--machine", "a test machine", "--data-note", "digits",
-                               "--weights-dir", str(tmp_path / "weights")], capture_output=True, text=True, timeout=300)
+        return run_bundle_script(run, "resnet8", tmp_path / "weights", "--averaged", command="reslab ...")
 
     (tmp_path / "weights").mkdir()
     fit(tiny_config(tmp_path / "run", epochs=4, average_from=2), quiet=True)

@@ -19,6 +19,8 @@ from reslab.train.config import TrainConfig, parse_overrides, resolve
 from reslab.train.loop import fit, resume_run
 from reslab.train.schedules import Schedule, milestone_steps, schedule_for
 
+from conftest import run_bundle_script
+
 pytest.importorskip("sklearn")  # the digits dataset: real data, no download
 
 TIMING = {"images_per_s", "epoch_time_s", "wall_time_s"}
@@ -312,12 +314,9 @@ def test_cutout_setting_trains_and_is_checked(tmp_path):
 def test_bundle_script_writes_weights_index_and_a_card_measured_on_the_file(trained, tmp_path):
     from reslab.models.pretrained import sha256
 
-    script = Path(__file__).resolve().parents[1] / "scripts" / "bundle_weights.py"
     weights = tmp_path / "weights"
     weights.mkdir()
-    result = subprocess.run([sys.executable, str(script), str(trained), "resnet20", "--command", "reslab train ...",
-                             "--machine", "a test machine", "--data-note", "digits", "--weights-dir", str(weights)],
-                            capture_output=True, text=True, timeout=300)
+    result = run_bundle_script(trained, "resnet20", weights)
     assert result.returncode == 0, result.stderr
     index = json.loads((weights / "index.json").read_text())["resnet20"]
     assert index["sha256"] == sha256(weights / index["file"])
@@ -327,9 +326,7 @@ def test_bundle_script_writes_weights_index_and_a_card_measured_on_the_file(trai
     assert f"{100 * index['val_accuracy']:.2f}% (top-5" in card and "4 epochs; float32 training" in card
     assert "val_accuracy_flip_tta" not in index and "trained without mirror images" in card  # digits: no flips
     assert load_checkpoint(weights / index["file"]).optimizer_state is None
-    missing = subprocess.run([sys.executable, str(script), str(tmp_path / "nothing"), "resnet20", "--command", "x",
-                              "--machine", "x", "--data-note", "x", "--weights-dir", str(weights)],
-                             capture_output=True, text=True, timeout=120)
+    missing = run_bundle_script(tmp_path / "nothing", "resnet20", weights)
     assert missing.returncode == 1 and missing.stderr.strip().endswith("not a finished run (no summary.json)")
     assert "Traceback" not in missing.stderr
 
@@ -381,14 +378,10 @@ def test_bundle_card_counts_every_epoch_when_the_best_is_not_the_last(trained, t
 
     from reslab.train.checkpoint import save_checkpoint
 
-    script = Path(__file__).resolve().parents[1] / "scripts" / "bundle_weights.py"
-
     def bundle(run):
         weights = tmp_path / "weights"
         weights.mkdir(exist_ok=True)
-        return subprocess.run([sys.executable, str(script), str(run), "resnet20", "--command", "reslab train ...",
-                               "--machine", "a test machine", "--data-note", "digits", "--weights-dir", str(weights)],
-                              capture_output=True, text=True, timeout=300), weights
+        return run_bundle_script(run, "resnet20", weights), weights
 
     run = tmp_path / "run"
     shutil.copytree(trained, run)
