@@ -141,7 +141,7 @@ def bundle(args: argparse.Namespace) -> None:
         first = next(r["epoch"] for r in run_history if "averaged_epochs" in r)
         which = (f"The weights are the mean of those at the ends of epochs {first}-{best_row['epoch']} of "
                  f"{len(run_history)} (stochastic weight averaging, `average_from` {c['average_from']}), their BN "
-                 f"statistics measured again on the training images "
+                 f"statistics measured again on the last epoch's augmented training batches "
                  f"({100 * (1 - best_row['average_eval_error']):.2f}% on `{c['eval_split']}` then")
     else:
         which = (f"The weights are those of epoch {best_row['epoch']} of {len(run_history)}, the best on "
