@@ -151,7 +151,8 @@ def bundle(args: argparse.Namespace) -> None:
         f"; distilled from `{teacher_names(c['teacher'])}` (SHA-256 {short_shas(c['teacher_sha256'])}, weight "
         f"{c['distill_weight']}, T {c['distill_temperature']}, teacher mode {c.get('teacher_mode', 'online')})"
         if c.get("teacher") else "",
-        f"; started from the weights of `{Path(c['init_from']).name}`" if c.get("init_from") else "",
+        f"; started from the weights of `{Path(c['init_from']).name}`"
+        + (f" (SHA-256 {c['init_from_sha256'][:12]}...)" if c.get("init_from_sha256") else "") if c.get("init_from") else "",
     ])
     card = f"""# {args.name} on {data} (bundled with reslab)
 

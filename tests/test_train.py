@@ -65,6 +65,19 @@ def test_interrupted_then_resumed_run_reproduces_the_uninterrupted_one(tmp_path)
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
+def test_a_run_started_from_other_weights_records_their_file_hash(tmp_path):
+    import yaml
+
+    from reslab.models.pretrained import sha256
+
+    fit(tiny_config(tmp_path / "first", epochs=1), quiet=True)
+    fit(tiny_config(tmp_path / "second", epochs=1, init_from=str(tmp_path / "first")), quiet=True)
+    recorded = yaml.safe_load((tmp_path / "second" / "config.yaml").read_text())
+    assert recorded["init_from_sha256"] == sha256(tmp_path / "first" / "best.pt")  # the run folder's file
+    with pytest.raises(ConfigError, match="init_from_sha256 is recorded for init_from"):
+        resolve("fast", overrides=parse_overrides(["init_from_sha256=abc"]))
+
+
 def test_checkpoint_round_trip(tmp_path):
     fit(tiny_config(tmp_path / "run", epochs=1), quiet=True)
     ckpt = load_checkpoint(tmp_path / "run")  # a run folder resolves to best.pt

@@ -29,6 +29,7 @@ class TrainConfig:
     model: str = "resnet20"  # preset name, family ("resnet" + model_options.depth) or spec file
     model_options: dict[str, Any] = field(default_factory=dict)  # create_model overrides (shortcut, depth...)
     init_from: str | None = None  # start from this checkpoint's weights (new optimizer and schedule)
+    init_from_sha256: str | None = None  # recorded by the run when it starts
     data: str = "cifar10"  # dataset name or path (see reslab.data)
     data_root: str | None = None
     train_split: str = "train"  # "train" (45k of CIFAR-10) or "trainval" (all 50k)
@@ -138,6 +139,8 @@ class TrainConfig:
              f"teacher_mode must be one of {', '.join(TEACHER_MODES)}, got {self.teacher_mode!r}")
         need(self.teacher is None or (isinstance(self.teacher, str) and self.teacher != ""),
              f"teacher must be a checkpoint, run folder or bundled model name, got {self.teacher!r}")
+        need(self.init_from is not None or self.init_from_sha256 is None,
+             "init_from_sha256 is recorded for init_from; set init_from too")
         need(self.teacher is not None or self.teacher_sha256 is None, "teacher_sha256 is recorded for a teacher; set teacher too")
         need(self.iterations is not None or self.epochs is not None, "set iterations or epochs")
         need(self.iterations is None or (isinstance(self.iterations, int) and self.iterations > 0),

@@ -29,6 +29,7 @@ from ..data.arrays import ImageArrays
 from ..errors import ConfigError, CheckpointError
 from ..fileio import atomic_write_text
 from ..inference import bfloat16_is_fast
+from ..models.pretrained import sha256
 from ..models.registry import resolve_spec
 from ..models.resnet import NetSpec, ResNet
 from . import distributed
@@ -96,8 +97,9 @@ def model_spec(config: TrainConfig, data: ImageArrays) -> NetSpec:
     return resolve_spec(config.model, **overrides)
 
 
-def init_from_checkpoint(path: str, data: ImageArrays) -> tuple[NetSpec, dict[str, torch.Tensor]]:
-    """Weights to start from. A different class count gets a fresh classifier (fine-tuning)."""
+def init_from_checkpoint(path: str, data: ImageArrays) -> tuple[NetSpec, dict[str, torch.Tensor], str]:
+    """Weights to start from, and the SHA-256 of their file (the run records it: the file may change
+    later, as a bundled model's does). A different class count gets a fresh classifier (fine-tuning)."""
     source = load_checkpoint(path)
     spec, state = source.spec, dict(source.model_state)
     if spec.in_channels != data.channels:
@@ -105,7 +107,7 @@ def init_from_checkpoint(path: str, data: ImageArrays) -> tuple[NetSpec, dict[st
     if spec.num_classes != len(data.classes):
         spec = spec.with_overrides(num_classes=len(data.classes))
         state = {k: v for k, v in state.items() if not k.startswith("head.fc.")}
-    return spec, state
+    return spec, state, sha256(source.path)
 
 
 def parameter_groups(model: nn.Module, config: TrainConfig) -> list[dict[str, Any]]:
@@ -189,7 +191,8 @@ def _fit(config: TrainConfig, device: torch.device, ctx: distributed.DistContext
     if checkpoint:
         spec, state = checkpoint.spec, checkpoint.model_state
     elif config.init_from:
-        spec, state = init_from_checkpoint(config.init_from, train_data)
+        spec, state, start_sha256 = init_from_checkpoint(config.init_from, train_data)
+        config = dataclasses.replace(config, init_from_sha256=start_sha256)
     else:
         spec, state = model_spec(config, train_data), None
     model = ResNet(spec)
