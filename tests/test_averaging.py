@@ -44,6 +44,12 @@ def test_batchnorm_statistics_are_measured_over_all_the_batches():
     assert model[0].momentum == 0.1 and not model.training  # settings given back
 
 
+def test_averaging_that_would_start_after_the_last_epoch_is_warned_about(tmp_path, capsys):
+    fit(tiny_config(tmp_path / "run", epochs=1, average_from=5), quiet=False)
+    assert "average_from 5 lies beyond this run's 1 epochs" in capsys.readouterr().err
+    assert not (tmp_path / "run" / "averaged.pt").exists()
+
+
 def test_negative_average_from_is_refused(tmp_path):
     with pytest.raises(ConfigError, match="average_from"):
         fit(tiny_config(tmp_path / "run", average_from=-1), quiet=True)

@@ -8,6 +8,7 @@ taken from), before the average is evaluated or saved.
 
 from __future__ import annotations
 
+import copy
 import math
 from typing import Iterable
 
@@ -26,13 +27,11 @@ class WeightAverage:
     """A running mean of a model's parameters (not its buffers), kept in float32 on the model's device."""
 
     def __init__(self, model: nn.Module, state: dict[str, torch.Tensor] | None = None, count: int = 0):
-        self.names = [name for name, _ in model.named_parameters()]
         self.count = count
         if state is None:
             self.mean = {name: p.detach().float().clone() for name, p in model.named_parameters()}
         else:
-            device = next(model.parameters()).device
-            self.mean = {name: state[name].to(device, torch.float32) for name in self.names}
+            self.mean = {name: state[name].to(p.device, torch.float32) for name, p in model.named_parameters()}
 
     @torch.no_grad()
     def add(self, model: nn.Module) -> None:
@@ -49,8 +48,6 @@ class WeightAverage:
     @torch.no_grad()
     def averaged_model(self, template: nn.Module, images: Iterable[tuple[torch.Tensor, torch.Tensor]]) -> nn.Module:
         """A copy of ``template`` holding the mean weights, its BN statistics measured on ``images``."""
-        import copy
-
         model = copy.deepcopy(template)
         for name, p in model.named_parameters():
             p.copy_(self.mean[name])
@@ -65,7 +62,7 @@ def recompute_batchnorm(model: nn.Module, batches: Iterable[tuple[torch.Tensor, 
     norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
     if not norms:
         return
-    saved = [(m.momentum, m.training) for m in norms]
+    momenta = [m.momentum for m in norms]
     for m in norms:
         m.reset_running_stats()
         m.momentum = None
@@ -73,6 +70,6 @@ def recompute_batchnorm(model: nn.Module, batches: Iterable[tuple[torch.Tensor, 
     model.train()
     for x, _ in batches:
         model(x)
-    for m, (momentum, _) in zip(norms, saved):
+    for m, momentum in zip(norms, momenta):
         m.momentum = momentum
     model.train(was_training)

@@ -236,6 +236,9 @@ def _fit(config: TrainConfig, device: torch.device, ctx: distributed.DistContext
         first_average = first_averaged_epoch(config.average_from, total_steps / len(loader))
         average = (WeightAverage(model, checkpoint.average_state, checkpoint.average_count)
                    if checkpoint is not None and checkpoint.average_state is not None else WeightAverage(model))
+        if first_average > math.ceil(total_steps / len(loader)):
+            log.line(f"warning: average_from {config.average_from:g} lies beyond this run's "
+                     f"{math.ceil(total_steps / len(loader))} epochs, so no weights will be averaged")
 
     state_now = Progression(**checkpoint.progress) if checkpoint else Progression(
         warming_up=config.warmup_until_error is not None)
@@ -265,16 +268,18 @@ def _fit(config: TrainConfig, device: torch.device, ctx: distributed.DistContext
                 if teacher else "")
              + (f", resuming at step {state_now.step}" if checkpoint else ""))
 
+    def checkpoint_of(weights: nn.Module, **training_state: Any) -> Checkpoint:
+        return Checkpoint(spec=spec, classes=train_data.classes, normalizer=normalizer,
+                          input_size=train_data.image_size, model_state=weights.state_dict(),
+                          progress=state_now.__dict__.copy(), config=config.to_dict(),
+                          trained_with_flips=loader.augment.flip, **training_state)
+
     def save(names: list[str]) -> None:
         if not ctx.is_main:
             return
-        ckpt = Checkpoint(spec=spec, classes=train_data.classes, normalizer=normalizer,
-                          input_size=train_data.image_size, model_state=model.state_dict(),
-                          optimizer_state=optimizer.state_dict(), progress=state_now.__dict__.copy(),
-                          config=config.to_dict(), rng_state=torch.get_rng_state(),
-                          trained_with_flips=loader.augment.flip,
-                          average_state=average.state_dict() if average is not None and average.count else None,
-                          average_count=average.count if average is not None else 0)
+        ckpt = checkpoint_of(model, optimizer_state=optimizer.state_dict(), rng_state=torch.get_rng_state(),
+                             average_state=average.state_dict() if average is not None and average.count else None,
+                             average_count=average.count if average is not None else 0)
         for name in names:
             save_checkpoint(ckpt, run_dir / name)
 
@@ -404,13 +409,11 @@ def _fit(config: TrainConfig, device: torch.device, ctx: distributed.DistContext
             improved = "eval_error" in row and (state_now.best_error is None or row["eval_error"] < state_now.best_error)
             if improved:
                 state_now.best_error = row["eval_error"]
-            save(["last.pt", "best.pt"] if improved or (eval_loader is None and final) else ["last.pt"])
             if averaged is not None and ctx.is_main:
+                # Before last.pt: a run killed between the two redoes this epoch and writes it again.
                 # Its progress is the epoch's, history included: a card can tell which epochs it averages.
-                save_checkpoint(Checkpoint(spec=spec, classes=train_data.classes, normalizer=normalizer,
-                                           input_size=train_data.image_size, model_state=averaged.state_dict(),
-                                           progress=state_now.__dict__.copy(), config=config.to_dict(),
-                                           trained_with_flips=loader.augment.flip), run_dir / "averaged.pt")
+                save_checkpoint(checkpoint_of(averaged), run_dir / "averaged.pt")
+            save(["last.pt", "best.pt"] if improved or (eval_loader is None and final) else ["last.pt"])
             if ctx.is_main:
                 write_history(state_now.history, run_dir)
                 tensorboard.log(row)
