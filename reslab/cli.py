@@ -169,7 +169,7 @@ def cmd_eval(args: argparse.Namespace) -> None:
     from .inference import with_test_time_augmentation
     from .predict import check_tta
     from .tables import format_table
-    from .train.checkpoint import checkpoint_dataset, load_checkpoint
+    from .checkpoint import checkpoint_dataset, load_checkpoint
     from .train.evaluate import evaluate
 
     checkpoint = load_checkpoint(args.checkpoint)
@@ -223,7 +223,7 @@ def _is_checkpoint(arg: str) -> bool:
 def cmd_predict(args: argparse.Namespace) -> None:
     from .models.pretrained import pretrained_checkpoint
     from .predict import predict
-    from .train.checkpoint import load_checkpoint
+    from .checkpoint import load_checkpoint
 
     # `predict IMAGE...` uses the bundled model; `predict CHECKPOINT IMAGE...` a trained one.
     paths = list(args.paths)
@@ -248,7 +248,7 @@ def cmd_export(args: argparse.Namespace) -> None:
     from .data.augment import preprocess_eval
     from .errors import ReslabError
     from .export import export
-    from .train.checkpoint import checkpoint_dataset, load_checkpoint
+    from .checkpoint import checkpoint_dataset, load_checkpoint
 
     checkpoint = load_checkpoint(args.checkpoint)
     out = args.out or str(checkpoint.path.with_suffix(".onnx" if args.format == "onnx" else ".torchscript.pt"))
@@ -302,7 +302,7 @@ def cmd_analyze(args: argparse.Namespace) -> None:
     from .analysis.responses import layer_responses
     from .data import EvalLoader
     from .fileio import atomic_write_text
-    from .train.checkpoint import checkpoint_dataset, load_checkpoint
+    from .checkpoint import checkpoint_dataset, load_checkpoint
 
     out = Path(args.out or "runs/responses")
     out.mkdir(parents=True, exist_ok=True)
@@ -326,7 +326,7 @@ def cmd_deepen(args: argparse.Namespace) -> None:
 
     from .analysis.deepen import deepen, max_output_difference
     from .data import EvalLoader
-    from .train.checkpoint import Checkpoint, checkpoint_dataset, load_checkpoint, save_checkpoint
+    from .checkpoint import Checkpoint, checkpoint_dataset, load_checkpoint, save_checkpoint
 
     source = load_checkpoint(args.checkpoint)
     model = source.build_model()

@@ -8,7 +8,7 @@ from pathlib import Path
 import torch
 
 from .errors import ReslabError
-from .train.checkpoint import Checkpoint
+from .checkpoint import Checkpoint
 
 FORMATS = ("torchscript", "onnx")
 

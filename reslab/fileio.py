@@ -1,10 +1,10 @@
-"""Writes that are atomic: a temporary file beside the target, then ``os.replace``.
-
-A crash mid-write leaves the previous file (or none), never a half-written one.
+"""Files: writes that are atomic (a temporary file beside the target, then ``os.replace``, so a crash
+mid-write leaves the previous file or none, never a half-written one), and file digests.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 import tempfile
 from pathlib import Path
@@ -40,3 +40,17 @@ def atomic_write_text(text: str, path: Path) -> Path:
         with open(tmp, "w") as f:
             f.write(text)
     return _atomic(path, write)
+
+
+def file_digest(path: str | Path, algorithm: str = "sha256", chunk: int = 1 << 20) -> str:
+    """The hex digest of a file's bytes, read in chunks (bundled weights and run inputs use SHA-256;
+    dataset archives are published with MD5)."""
+    digest = hashlib.new(algorithm)
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def sha256(path: str | Path) -> str:
+    return file_digest(path, "sha256")

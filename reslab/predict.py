@@ -15,7 +15,7 @@ from .data.augment import preprocess_eval
 from .data.folder import IMAGE_SUFFIXES, decode_image
 from .errors import ConfigError, DataError
 from .inference import optimize_for_inference, with_test_time_augmentation
-from .train.checkpoint import Checkpoint, mirrored_in_training
+from .checkpoint import Checkpoint, mirrored_in_training
 
 
 @dataclass(frozen=True)

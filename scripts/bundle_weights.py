@@ -31,7 +31,7 @@ from reslab.data import EvalLoader, ImageArrays  # noqa: E402
 from reslab.errors import ReslabError  # noqa: E402
 from reslab.fileio import atomic_write_text  # noqa: E402
 from reslab.inference import with_test_time_augmentation  # noqa: E402
-from reslab.train.checkpoint import (Checkpoint, checkpoint_dataset, load_checkpoint,  # noqa: E402
+from reslab.checkpoint import (Checkpoint, checkpoint_dataset, load_checkpoint,  # noqa: E402
                                      mirrored_in_training, save_checkpoint)
 from reslab.train.distill import ENSEMBLE_JOIN, teacher_sources  # noqa: E402
 from reslab.train.evaluate import evaluate  # noqa: E402

@@ -144,7 +144,7 @@ def test_cli_deepen_then_continue_training(tmp_path):
     result = cli("train", "--recipe", "fast", "--init-from", str(deep), "--data", "digits", "--epochs", "1",
                  "--batch-size", "64", "--out", str(tmp_path / "cont"), "--quiet")
     assert result.returncode == 0, result.stderr
-    from reslab.train.checkpoint import load_checkpoint
+    from reslab.checkpoint import load_checkpoint
 
     assert load_checkpoint(tmp_path / "cont" / "last.pt").spec.depth == 12
     result = cli("analyze", "responses", str(run), str(tmp_path / "cont"), "--out", str(tmp_path / "resp"))

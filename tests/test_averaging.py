@@ -6,7 +6,7 @@ from torch import nn
 
 from reslab.errors import ConfigError
 from reslab.train.averaging import WeightAverage, first_averaged_epoch, recompute_batchnorm
-from reslab.train.checkpoint import load_checkpoint
+from reslab.checkpoint import load_checkpoint
 from reslab.train.loop import fit, resume_run
 
 from conftest import run_bundle_script

@@ -12,7 +12,7 @@ from reslab.data import DataOptions, Normalizer, TrainLoader, load_dataset
 from reslab.data.arrays import ImageArrays
 from reslab.errors import CheckpointError, ConfigError
 from reslab.models.resnet import ResNet
-from reslab.train.checkpoint import load_checkpoint, save_checkpoint
+from reslab.checkpoint import load_checkpoint, save_checkpoint
 from reslab.train.config import resolve
 from reslab.train.distill import (Teacher, cached_teacher_logits, check_teacher, distillation_loss, load_teacher,
                                   teacher_checkpoint, teacher_sources, training_loss)

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from reslab.train.checkpoint import load_checkpoint
+from reslab.checkpoint import load_checkpoint
 from reslab.train.config import resolve
 from reslab.train.loop import fit
 

@@ -14,7 +14,7 @@ import torch
 
 from reslab.errors import CheckpointError, ConfigError
 from reslab.fileio import atomic_torch_save
-from reslab.train.checkpoint import load_checkpoint
+from reslab.checkpoint import load_checkpoint
 from reslab.train.config import TrainConfig, parse_overrides, resolve
 from reslab.train.loop import fit, resume_run
 from reslab.train.schedules import Schedule, milestone_steps, schedule_for
@@ -68,7 +68,7 @@ def test_interrupted_then_resumed_run_reproduces_the_uninterrupted_one(tmp_path)
 def test_a_run_started_from_other_weights_records_their_file_hash(tmp_path):
     import yaml
 
-    from reslab.models.pretrained import sha256
+    from reslab.fileio import sha256
 
     fit(tiny_config(tmp_path / "first", epochs=1), quiet=True)
     fit(tiny_config(tmp_path / "second", epochs=1, init_from=str(tmp_path / "first")), quiet=True)
@@ -325,7 +325,7 @@ def test_cutout_setting_trains_and_is_checked(tmp_path):
 
 
 def test_bundle_script_writes_weights_index_and_a_card_measured_on_the_file(trained, tmp_path):
-    from reslab.models.pretrained import sha256
+    from reslab.fileio import sha256
 
     weights = tmp_path / "weights"
     weights.mkdir()
@@ -374,7 +374,7 @@ def test_cli_inference_choices_are_the_library_ones(capsys):
 def test_mirroring_of_old_checkpoints_is_derived_from_their_data(trained):
     from dataclasses import replace
 
-    from reslab.train.checkpoint import checkpoint_dataset, mirrored_in_training
+    from reslab.checkpoint import checkpoint_dataset, mirrored_in_training
 
     old = replace(load_checkpoint(trained), trained_with_flips=None)  # as written before it was recorded
     digits = checkpoint_dataset(old, None, None, "val")
@@ -389,7 +389,7 @@ def test_bundle_card_counts_every_epoch_when_the_best_is_not_the_last(trained, t
     import shutil
     from dataclasses import replace
 
-    from reslab.train.checkpoint import save_checkpoint
+    from reslab.checkpoint import save_checkpoint
 
     def bundle(run):
         weights = tmp_path / "weights"

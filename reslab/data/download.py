@@ -3,7 +3,6 @@ cannot write outside its destination."""
 
 from __future__ import annotations
 
-import hashlib
 import os
 import shutil
 import sys
@@ -15,14 +14,7 @@ import urllib.request
 from pathlib import Path
 
 from ..errors import DataError
-
-
-def md5sum(path: Path, chunk: int = 1 << 20) -> str:
-    digest = hashlib.md5()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()
+from ..fileio import file_digest
 
 
 def _progress(done: int, total: int | None, started: float, label: str) -> None:
@@ -74,7 +66,7 @@ def download_file(url: str, dest: Path, md5: str | None = None, *, timeout: floa
         if total is not None and done != total:
             raise DataError(f"download of {url} stopped after {done} of {total} bytes")
         if md5 is not None:
-            got = md5sum(tmp)
+            got = file_digest(tmp, "md5")
             if got != md5:
                 bad = dest.with_name(dest.name + ".bad")
                 os.replace(tmp, bad)

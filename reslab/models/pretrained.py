@@ -7,7 +7,6 @@ load) and its model card. Files are reslab checkpoints without optimizer state, 
 
 from __future__ import annotations
 
-import hashlib
 import json
 from functools import lru_cache
 from pathlib import Path
@@ -16,6 +15,7 @@ from typing import Any
 from torch import nn
 
 from ..errors import CheckpointError, SpecError
+from ..fileio import sha256
 
 WEIGHTS_DIR = Path(__file__).resolve().parent.parent / "weights"
 
@@ -40,17 +40,9 @@ def pretrained_info(name: str) -> dict[str, Any]:
     return index[name]
 
 
-def sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def pretrained_checkpoint(name: str):
     """The bundled checkpoint of ``name``, after checking its SHA-256."""
-    from ..train.checkpoint import load_checkpoint
+    from ..checkpoint import load_checkpoint
 
     info = pretrained_info(name)
     path = WEIGHTS_DIR / info["file"]

@@ -33,7 +33,7 @@ from ..data.arrays import ImageArrays
 from ..data.augment import Normalizer, preprocess_eval
 from ..errors import CheckpointError, ConfigError
 from ..inference import optimize_for_inference
-from .checkpoint import Checkpoint, load_checkpoint
+from ..checkpoint import Checkpoint, load_checkpoint
 
 
 ENSEMBLE_JOIN = "+"
@@ -112,7 +112,7 @@ def load_teacher(source: str, checkpoints: list[Checkpoint], device: torch.devic
                  memory_format: torch.memory_format) -> Teacher:
     """The teacher in eval mode on ``device``, BN folded into its convolutions (it never trains); from
     several checkpoints, their ensemble (``MeanLogits``)."""
-    from ..models.pretrained import sha256
+    from ..fileio import sha256
 
     normalizer = checkpoints[0].normalizer
     other = next((c for c in checkpoints[1:] if not c.normalizer.same_as(normalizer)), None)

@@ -29,12 +29,12 @@ from ..data.arrays import ImageArrays
 from ..errors import ConfigError, CheckpointError
 from ..fileio import atomic_write_text
 from ..inference import bfloat16_is_fast
-from ..models.pretrained import sha256
+from ..fileio import sha256
 from ..models.registry import resolve_spec
 from ..models.resnet import NetSpec, ResNet
 from . import distributed
 from .averaging import WeightAverage, first_averaged_epoch
-from .checkpoint import Checkpoint, load_checkpoint, save_checkpoint
+from ..checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from .config import TrainConfig
 from .distill import (ENSEMBLE_JOIN, Teacher, cached_teacher_logits, check_teacher, load_teacher, teacher_checkpoint,
                       teacher_sources, training_loss)

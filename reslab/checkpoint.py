@@ -12,11 +12,11 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..data.arrays import ImageArrays
-from ..data.augment import Normalizer
-from ..errors import CheckpointError, SpecError
-from ..fileio import atomic_torch_save
-from ..models.resnet import NetSpec, ResNet
+from .data.arrays import ImageArrays
+from .data.augment import Normalizer
+from .errors import CheckpointError, SpecError
+from .fileio import atomic_torch_save
+from .models.resnet import NetSpec, ResNet
 
 FORMAT = "reslab-checkpoint"
 VERSION = 1
@@ -104,7 +104,7 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
 def checkpoint_dataset(checkpoint: Checkpoint, data: str | None, data_root: str | None, split: str) -> ImageArrays:
     """The dataset a checkpoint was trained on (or ``data``), read with the same options, after
     checking that its classes, channels and image size are the model's."""
-    from ..data import DataOptions, load_dataset
+    from .data import DataOptions, load_dataset
 
     config = checkpoint.config
     source = data or config.get("data")
