@@ -42,7 +42,7 @@ def main() -> None:
     per_sample = baseline.loader(data.images, data.labels, norm.mean, norm.std, batch, workers=2)
 
     def run_reslab() -> None:
-        for i, (x, y) in enumerate(loader.epoch(0)):
+        for i, _batch in enumerate(loader.epoch(0)):
             if i + 1 == args.batches:
                 break
 
@@ -67,7 +67,7 @@ def main() -> None:
 
     model = reslab.create_model("resnet20").to(memory_format=torch.channels_last)
     opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, foreach=True)
-    x, y = next(loader.epoch(1))
+    x, y = next(loader.epoch(1))[:2]
 
     def step() -> None:
         loss = F.cross_entropy(model(x), y)

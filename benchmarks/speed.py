@@ -98,7 +98,7 @@ def training_case(depth: int, batch: int, steps: int, data, norm, extra_paths: b
             model.train()
             total = torch.zeros(())
             for _ in range(steps):
-                x, y = next_ours()
+                x, y = next_ours()[:2]
                 with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
                     loss = F.cross_entropy(model(x), y)
                 opt.zero_grad(set_to_none=True)
@@ -283,14 +283,14 @@ def profile_step(data, norm, steps: int = 5) -> dict:
         opt.step()
 
     for _ in range(3):
-        step(*next(batches))
+        step(*next(batches)[:2])
     categories = {"convolution": 0.0, "batch norm": 0.0, "elementwise (relu, add, pad)": 0.0, "optimizer": 0.0,
                   "data (gather, normalise)": 0.0, "other ops": 0.0}
     start = time.perf_counter()
     with profile(activities=[ProfilerActivity.CPU]) as prof:
         for _ in range(steps):
             with torch.profiler.record_function("data"):
-                x, y = next(batches)
+                x, y = next(batches)[:2]
             step(x, y)
     wall = (time.perf_counter() - start) / steps
     events = prof.key_averages()

@@ -131,7 +131,9 @@ def train_overrides(args: argparse.Namespace) -> dict:
 def cmd_train(args: argparse.Namespace) -> int | None:
     from .train.config import resolve
     from .train.launch import check_before_launch, launch_torchrun, launched, run_as_worker
-    from .train.loop import default_run_dir, elastic_restart, fit, resume_run
+    from .train import fit, resume_run
+    from .train.distributed import elastic_restart
+    from .train.setup import default_run_dir
 
     if args.nproc and args.nproc > 1 and "WORLD_SIZE" not in os.environ:
         if not args.resume:  # a bad flag or model: one line here, not an error per worker and torchrun's report
@@ -208,11 +210,11 @@ def cmd_eval(args: argparse.Namespace) -> None:
 
 
 def _note_if_bfloat16_is_slow(precision: str) -> None:
-    from .inference import bfloat16_is_fast
+    from .inference import slow_bfloat16_warning
 
-    if precision == "bfloat16" and not bfloat16_is_fast():
-        print("note: this CPU has no native bf16 arithmetic; bfloat16 runs slower than float32 here",
-              file=sys.stderr)
+    warning = slow_bfloat16_warning() if precision == "bfloat16" else None
+    if warning:
+        print(warning, file=sys.stderr)
 
 
 def _is_checkpoint(arg: str) -> bool:

@@ -1,16 +1,19 @@
 """Files: writes that are atomic (a temporary file beside the target, then ``os.replace``, so a crash
-mid-write leaves the previous file or none, never a half-written one), and file digests.
+mid-write leaves the previous file or none, never a half-written one), file digests, and the one
+reader of the YAML/JSON mappings that specs and configs are written in.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import tempfile
 from pathlib import Path
 from typing import Any, Callable
 
 import torch
+import yaml
 
 
 def _atomic(path: Path, write: Callable[[str], None]) -> Path:
@@ -54,3 +57,26 @@ def file_digest(path: str | Path, algorithm: str = "sha256", chunk: int = 1 << 2
 
 def sha256(path: str | Path) -> str:
     return file_digest(path, "sha256")
+
+
+def read_yaml_mapping(path: str | Path, error: type[Exception], what: str = "file") -> dict[str, Any]:
+    """A YAML (or, by its suffix, JSON) file whose top level is a mapping; any problem is ``error``
+    with one line naming the file. An empty YAML file is an empty mapping."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        raise error(f"{path}: no such {what}") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise error(f"{path}: cannot read ({exc})") from None
+    is_json = path.suffix.lower() == ".json"
+    try:
+        data = json.loads(text) if is_json else yaml.safe_load(text)
+    except (json.JSONDecodeError, yaml.YAMLError) as exc:
+        first = str(exc).strip().splitlines()[0]
+        raise error(f"{path}: not valid {'JSON' if is_json else 'YAML'}: {first}") from None
+    if data is None and not is_json:
+        return {}
+    if not isinstance(data, dict):
+        raise error(f"{path}: the top level must be a mapping of keys to values")
+    return data

@@ -59,6 +59,16 @@ def bfloat16_is_fast(device: str | torch.device = "cpu") -> bool:
         return False
 
 
+def slow_bfloat16_warning(device: str | torch.device = "cpu") -> str | None:
+    """The one warning for bf16 asked for where it is emulated, or None where it is native. Without
+    AVX512_BF16 or AMX, oneDNN emulates bf16: a ResNet-20 training step took 10x as long as in float32
+    on a 2-core AVX2 EPYC (5.9 s against 0.58 s, batch 128); results are still correct."""
+    if bfloat16_is_fast(device):
+        return None
+    return ("warning: this CPU has no native bf16 arithmetic (AVX512_BF16 or AMX), so bf16 runs several "
+            "times slower than float32 here")
+
+
 class RunInDtype(nn.Module):
     """Runs ``net`` in its own dtype on float32 inputs and returns float32 outputs."""
 

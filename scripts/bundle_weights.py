@@ -33,24 +33,37 @@ from reslab.fileio import atomic_write_text  # noqa: E402
 from reslab.inference import with_test_time_augmentation  # noqa: E402
 from reslab.checkpoint import (Checkpoint, checkpoint_dataset, load_checkpoint,  # noqa: E402
                                      mirrored_in_training, save_checkpoint)
-from reslab.train.distill import ENSEMBLE_JOIN, teacher_sources  # noqa: E402
+from reslab.train.distill import teacher_sources  # noqa: E402
 from reslab.train.evaluate import evaluate  # noqa: E402
 from reslab.train.history import read_history  # noqa: E402
 
 
-def teacher_names(teacher: str) -> str:
+def teacher_names(sources: list[str]) -> str:
     """The teacher's bundled name, file name, or run folder (for a run's best.pt or last.pt); each
     member's for an ensemble (``resnet56+resnet20``)."""
     def name(source: str) -> str:
         path = Path(source)
         return path.parent.name if path.name in ("best.pt", "last.pt") else path.name
 
-    return ENSEMBLE_JOIN.join(name(source) for source in teacher_sources(teacher))
+    return "+".join(name(source) for source in sources)
 
 
-def short_shas(shas: str) -> str:
+def short_shas(shas: list[str]) -> str:
     """The first 12 hex digits of each SHA-256, as the card shows them."""
-    return ENSEMBLE_JOIN.join(f"{sha[:12]}..." for sha in shas.split(ENSEMBLE_JOIN))
+    return "+".join(f"{sha[:12]}..." for sha in shas)
+
+
+def recorded_files(run_dir: Path, config: dict) -> tuple[list[dict], dict | None]:
+    """The teacher's members and the start file as the run recorded them (file and SHA-256): in
+    run.json, or in the config.yaml of runs from before run.json held them (+-joined strings)."""
+    facts = json.loads((run_dir / "run.json").read_text()) if (run_dir / "run.json").exists() else {}
+    teacher, start = facts.get("teacher", []), facts.get("init_from")
+    if not teacher and config.get("teacher_sha256"):
+        teacher = [{"file": f, "sha256": h} for f, h in zip(teacher_sources(config["teacher"]),
+                                                            config["teacher_sha256"].split("+"))]
+    if start is None and config.get("init_from_sha256"):
+        start = {"file": config["init_from"], "sha256": config["init_from_sha256"]}
+    return teacher, start
 
 
 def measure(checkpoint: Checkpoint, arrays: ImageArrays, tta: str):
@@ -97,6 +110,7 @@ def bundle(args: argparse.Namespace) -> None:
             raise ReslabError(f"{args.run_dir}: best.pt is not the best epoch of the run that metrics.jsonl and "
                               "summary.json describe")
     c = best.config
+    teacher, start = recorded_files(args.run_dir, c)
     if not c.get("eval_split"):
         raise ReslabError(f"{args.run_dir}: the run was not evaluated (eval_split none); nothing to put on a card")
     arrays = checkpoint_dataset(best, None, args.data_root, c["eval_split"])
@@ -148,11 +162,11 @@ def bundle(args: argparse.Namespace) -> None:
                  f"`{c['eval_split']}` during training ({100 * (1 - best_row['eval_error']):.2f}% then")
     extras = "".join([
         f"; cutout {c['cutout']}x{c['cutout']}" if c.get("cutout") else "",
-        f"; distilled from `{teacher_names(c['teacher'])}` (SHA-256 {short_shas(c['teacher_sha256'])}, weight "
-        f"{c['distill_weight']}, T {c['distill_temperature']}, teacher mode {c.get('teacher_mode', 'online')})"
-        if c.get("teacher") else "",
+        f"; distilled from `{teacher_names([m['file'] for m in teacher])}` (SHA-256 "
+        f"{short_shas([m['sha256'] for m in teacher])}, weight {c['distill_weight']}, T {c['distill_temperature']}, "
+        f"teacher mode {c.get('teacher_mode', 'online')})" if teacher else "",
         f"; started from the weights of `{Path(c['init_from']).name}`"
-        + (f" (SHA-256 {c['init_from_sha256'][:12]}...)" if c.get("init_from_sha256") else "") if c.get("init_from") else "",
+        + (f" (SHA-256 {start['sha256'][:12]}...)" if start else "") if c.get("init_from") else "",
     ])
     card = f"""# {args.name} on {data} (bundled with reslab)
 
@@ -160,7 +174,7 @@ def bundle(args: argparse.Namespace) -> None:
 - **Data**: {args.data_note}
 - **Split**: trained on `{c['train_split']}`, selected and measured on `{c['eval_split']}` (val_fraction {c['val_fraction']}: per class, the last {100 * c['val_fraction']:g}% in file order)
 - **Validation accuracy**: {100 * (1 - plain.error):.2f}% (top-5 {100 * (1 - plain.top5_error):.2f}%) on the {int(plain.count):,} `{c['eval_split']}` images, float32, this file{tta_note}. {which}{', measured under bf16 autocast' if c.get('cpu_bf16') else ''})
-- **Recipe**: `{c['recipe']}`: {c['optimizer']} lr {c['lr']} ({c['schedule']}, warm-up fraction {c['warmup_fraction']}), momentum {c['momentum']}, nesterov {c['nesterov']}, weight decay {c['weight_decay']} (BN/bias exempt: {c['no_decay_bn_bias']}), label smoothing {c['label_smoothing']}, batch {c['batch_size']}, {f"{c['iterations']:,} iterations" if c.get('iterations') else f"{c['epochs']:g} epochs"}; {'bfloat16 autocast (`cpu_bf16`)' if c.get('cpu_bf16') else 'float32'} training{extras}
+- **Recipe**: `{c['recipe']}`: {c['optimizer']} lr {c['lr']} ({c['schedule']}, warm-up {c.get('warmup', c.get('warmup_fraction'))}), momentum {c['momentum']}, nesterov {c['nesterov']}, weight decay {c['weight_decay']} (BN/bias exempt: {c['no_decay_bn_bias']}), label smoothing {c['label_smoothing']}, batch {c['batch_size']}, {f"{c['iterations']:,} iterations" if c.get('iterations') else f"{c['epochs']:g} epochs"}; {'bfloat16 autocast (`cpu_bf16`)' if c.get('cpu_bf16') else 'float32'} training{extras}
 - **Command**: `{args.command}`
 - **Seed**: {c['seed']}
 - **Wall time**: {summary['wall_time_s'] / 60:.1f} minutes on {args.machine}

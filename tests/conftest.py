@@ -1,7 +1,10 @@
+import contextlib
+import io
 import pickle
 import subprocess
 import sys
 import tarfile
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +21,27 @@ def run_bundle_script(run: Path, name: str, weights_dir: Path, *extra: str,
     return subprocess.run([sys.executable, str(BUNDLE_SCRIPT), str(run), name, *extra, "--command", command,
                            "--machine", "a test machine", "--data-note", "digits", "--weights-dir", str(weights_dir)],
                           capture_output=True, text=True, timeout=300)
+
+
+@dataclass
+class CliResult:
+    returncode: int
+    stdout: str
+    stderr: str
+
+
+def cli(*args: str) -> CliResult:
+    """``reslab ARGS`` in this process (the CLI's entry point, not a new Python: seconds saved per call),
+    with what it printed. Tests of signals, exit paths and torchrun use a real subprocess instead."""
+    from reslab.cli import main
+
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            code = main([str(a) for a in args])
+        except SystemExit as exc:  # argparse's usage errors
+            code = exc.code if isinstance(exc.code, int) else 1
+    return CliResult(code, out.getvalue(), err.getvalue())
 
 
 def write_cifar_folder(root: Path, per_batch: int = 20, str_keys: bool = False, with_test: bool = True,

@@ -128,11 +128,7 @@ def test_table6_and_shortcuts_tables(tmp_path):
 
 
 def test_cli_deepen_then_continue_training(tmp_path):
-    import subprocess
-    import sys
-
-    def cli(*args):
-        return subprocess.run([sys.executable, "-m", "reslab", *args], capture_output=True, text=True, timeout=300)
+    from conftest import cli
 
     run = tmp_path / "r8"
     assert cli("train", "--recipe", "fast", "--model", "resnet", "--set", "model_options.depth=8", "--data", "digits",

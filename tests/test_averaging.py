@@ -38,7 +38,7 @@ def test_the_average_is_the_mean_of_the_weights_added():
 def test_batchnorm_statistics_are_measured_over_all_the_batches():
     model = nn.Sequential(nn.BatchNorm1d(2))
     model[0].running_mean.fill_(100.0)
-    batches = [(torch.tensor([[0.0, 1.0], [2.0, 3.0]]), None), (torch.tensor([[4.0, 5.0], [6.0, 7.0]]), None)]
+    batches = [torch.tensor([[0.0, 1.0], [2.0, 3.0]]), torch.tensor([[4.0, 5.0], [6.0, 7.0]])]
     recompute_batchnorm(model.eval(), batches)
     assert torch.allclose(model[0].running_mean, torch.tensor([3.0, 4.0]))  # not an exponential mean
     assert model[0].momentum == 0.1 and not model.training  # settings given back

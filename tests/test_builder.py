@@ -1,7 +1,6 @@
 """The "make your own ResNet" builder and YAML/JSON specs."""
 
 import json
-import warnings
 
 import pytest
 import torch

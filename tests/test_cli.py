@@ -1,17 +1,17 @@
 """The command line: output, JSON, and one-line errors with a non-zero exit."""
 
 import json
-import subprocess
-import sys
 
 import pytest
 
 from reslab.cli import main
 
+from conftest import cli
+
 
 def run_cli(*args):
-    """Run ``python -m reslab`` as a user would, capturing both streams."""
-    return subprocess.run([sys.executable, "-m", "reslab", *args], capture_output=True, text=True, timeout=120)
+    """``reslab ARGS`` through the CLI's entry point, in this process, capturing both streams."""
+    return cli(*args)
 
 
 def test_models_table_lists_the_families(capsys):

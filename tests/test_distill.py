@@ -1,6 +1,7 @@
 """Knowledge distillation: the loss, the teacher's view of each batch, checks on the teacher, and
 students taught by a trained and by an untrained teacher alone."""
 
+import json
 import shutil
 from dataclasses import replace
 
@@ -8,14 +9,15 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from reslab.data import DataOptions, Normalizer, TrainLoader, load_dataset
+from reslab.data import Batch, DataOptions, Normalizer, TrainLoader, load_dataset
 from reslab.data.arrays import ImageArrays
 from reslab.errors import CheckpointError, ConfigError
 from reslab.models.resnet import ResNet
 from reslab.checkpoint import load_checkpoint, save_checkpoint
 from reslab.train.config import resolve
-from reslab.train.distill import (Teacher, cached_teacher_logits, check_teacher, distillation_loss, load_teacher,
-                                  teacher_checkpoint, teacher_sources, training_loss)
+from reslab.train.distill import (CachedTeacher, Distillation, Teacher, cached_teacher_logits, check_teacher,
+                                  distillation_loss, load_teacher, teacher_checkpoint, teacher_sources)
+from reslab.train.objective import CrossEntropy
 
 
 def _tiny_config(*args, **kwargs):
@@ -41,15 +43,21 @@ def test_distillation_loss_is_the_tempered_kl_divergence():
     assert distillation_loss(student, teacher, t) > 0
 
 
-def test_training_loss_weighs_labels_against_the_teacher():
+def test_the_objectives_weigh_labels_against_the_teacher():
     logits, teacher = torch.randn(6, 3), torch.randn(6, 3)
     labels, other_labels = torch.tensor([0, 1, 2, 0, 1, 2]), torch.tensor([2, 2, 2, 1, 1, 1])
+
+    def batch(y):
+        return Batch(torch.zeros(6, 1, 1, 1), y, torch.arange(6), torch.zeros(6, 1, 1, 1))
+
+    def teaches(weight):
+        return Distillation(lambda b: teacher, 0.1, weight, 4.0)
+
     ce = F.cross_entropy(logits, labels, label_smoothing=0.1)
-    torch.testing.assert_close(training_loss(logits, labels, 0.1), ce)
-    torch.testing.assert_close(training_loss(logits, labels, 0.1, teacher, 0.0, 4.0), ce)
-    only_teacher = training_loss(logits, labels, 0.1, teacher, 1.0, 4.0)
-    torch.testing.assert_close(only_teacher, training_loss(logits, other_labels, 0.1, teacher, 1.0, 4.0))
-    torch.testing.assert_close(training_loss(logits, labels, 0.1, teacher, 0.25, 4.0),
+    torch.testing.assert_close(CrossEntropy(0.1)(logits, batch(labels)), ce)
+    torch.testing.assert_close(teaches(0.0)(logits, batch(labels)), ce)
+    torch.testing.assert_close(teaches(1.0)(logits, batch(labels)), teaches(1.0)(logits, batch(other_labels)))
+    torch.testing.assert_close(teaches(0.25)(logits, batch(labels)),
                                0.75 * ce + 0.25 * distillation_loss(logits, teacher, 4.0))
 
 
@@ -57,35 +65,35 @@ def test_the_teacher_sees_the_same_augmented_images_under_its_own_normalisation(
     data = ImageArrays(torch.randint(0, 256, (64, 3, 8, 8), dtype=torch.uint8), torch.arange(64) % 4,
                        list("abcd"), "toy")  # CIFAR's augmentation: pad 4, crop, flip
     student, teacher = Normalizer.fit(data.images, "pixel"), Normalizer.fit(data.images[:9])
-    both = list(TrainLoader(data, 16, student, seed=3, cutout_size=3).epoch(1, second_normalizer=teacher))
+    both = list(TrainLoader(data, 16, student, seed=3, cutout_size=3, teacher_normalizer=teacher).epoch(1))
     alone = list(TrainLoader(data, 16, teacher, seed=3, cutout_size=3).epoch(1))
     plain = list(TrainLoader(data, 16, student, seed=3, cutout_size=3).epoch(1))
-    for (x, y, x_teacher), (x_alone, y_alone), (x_plain, _) in zip(both, alone, plain):
-        assert torch.equal(x_teacher, x_alone) and torch.equal(y, y_alone)  # what the teacher's own run would see
-        assert torch.equal(x, x_plain)  # and the student's batch is unchanged
+    for batch, by_itself, unchanged in zip(both, alone, plain):
+        # What the teacher's own run would see, and the student's batch is unchanged.
+        assert torch.equal(batch.teacher_images, by_itself.images) and torch.equal(batch.labels, by_itself.labels)
+        assert torch.equal(batch.images, unchanged.images)
+        assert unchanged.teacher_images is unchanged.images  # one normalisation: one view, not a copy
     assert teacher.same_as(Normalizer.fit(data.images[:9])) and not teacher.same_as(student)
 
 
-def test_cached_targets_travel_with_their_images_in_every_shard():
+def test_cached_targets_travel_with_their_images_in_every_shard_and_micro_batch():
     # Image i is filled with the value i, and its target row holds i: a batch pairs them or it does not.
     n = 48
     images = torch.arange(n, dtype=torch.uint8).view(n, 1, 1, 1).expand(n, 3, 8, 8).contiguous()
     data = ImageArrays(images, torch.arange(n) % 4, list("abcd"), "toy")
     identity = Normalizer(torch.zeros(3), torch.full((3,), 1 / 255))  # x -> x
-    targets = torch.arange(n, dtype=torch.float32).view(n, 1).repeat(1, 4)
+    cached = CachedTeacher(torch.arange(n, dtype=torch.float32).view(n, 1).repeat(1, 4))
     seen = []
     for rank in range(2):
         loader = TrainLoader(data, 16, identity, seed=5, rank=rank, world_size=2, cutout_size=0)
-        for x, y, t in loader.epoch(2, targets=targets):
-            # Crops (pad 4) pad with zeros and keep part of the 8x8 image, so its value is its largest pixel.
-            assert torch.equal(x.amax(dim=(1, 2, 3)).round(), t[:, 0]) and torch.equal(y, t[:, 0].long() % 4)
-            seen += t[:, 0].tolist()
+        for batch in loader.epoch(2):
+            for part in (batch, batch.part(1, 2)):
+                t = cached(part)
+                # Crops (pad 4) pad with zeros and keep part of the 8x8 image, so its value is its largest pixel.
+                assert torch.equal(part.images.amax(dim=(1, 2, 3)).round(), t[:, 0])
+                assert torch.equal(part.labels, t[:, 0].long() % 4)
+            seen += cached(batch)[:, 0].tolist()
     assert sorted(seen) == list(range(n))  # every image once per epoch (48 = 3 full batches)
-    loader = TrainLoader(data, 16, identity)
-    with pytest.raises(ValueError, match="47 target rows for 48"):
-        next(loader.epoch(0, targets=targets[:47]))
-    with pytest.raises(ValueError, match="not both"):
-        next(loader.epoch(0, second_normalizer=identity, targets=targets))
 
 
 class _Brightness(torch.nn.Module):
@@ -99,7 +107,7 @@ class _Brightness(torch.nn.Module):
 def test_cached_logits_are_the_teachers_on_each_image_and_its_mirror():
     images = torch.randint(0, 256, (7, 3, 4, 6), dtype=torch.uint8)
     normalizer = Normalizer.fit(images)
-    teacher = Teacher(_Brightness(), normalizer, "toy", "0" * 64)
+    teacher = Teacher(_Brightness(), normalizer, ["toy"], [])
     x = normalizer(images)
     plain = cached_teacher_logits(teacher, images, mirrored=False, device=torch.device("cpu"), batch_size=3)
     torch.testing.assert_close(plain, _Brightness()(x))
@@ -129,7 +137,7 @@ def test_students_taught_by_a_teacher_alone_learn_what_it_knows(tmp_path):
     # As training runs it (BN folded), the teacher gives the saved network's logits.
     checkpoint = load_checkpoint(tmp_path / "teacher")  # best.pt, as --teacher reads a run folder
     data = load_dataset("digits", "val", DataOptions())
-    loaded = load_teacher("t", [checkpoint], torch.device("cpu"), torch.channels_last)
+    loaded = load_teacher(["t"], [checkpoint], torch.device("cpu"), torch.channels_last)
     with torch.no_grad():
         expected = checkpoint.build_model()(checkpoint.normalizer(data.images))
     torch.testing.assert_close(loaded.logits(checkpoint.normalizer(data.images)), expected, atol=1e-4, rtol=1e-4)
@@ -145,8 +153,11 @@ def test_students_taught_by_a_teacher_alone_learn_what_it_knows(tmp_path):
         misled = _fit(_tiny_config(tmp_path / f"misled-{mode}", epochs=4, seed=1, teacher=str(untrained),
                                    distill_weight=1.0, teacher_mode=mode), quiet=True)
         assert misled.history[-1]["eval_error"] > 0.6, mode
-    saved = load_checkpoint(tmp_path / "online" / "last.pt").config
-    assert saved["teacher"] == str((tmp_path / "teacher" / "best.pt").resolve()) and len(saved["teacher_sha256"]) == 64
+    # The config keeps the teacher as given; the run's facts (run.json) record its file and checksum.
+    assert load_checkpoint(tmp_path / "online" / "last.pt").config["teacher"] == [str(tmp_path / "teacher")]
+    recorded = json.loads((tmp_path / "online" / "run.json").read_text())["teacher"]
+    assert [m["file"] for m in recorded] == [str((tmp_path / "teacher" / "best.pt").resolve())]
+    assert len(recorded[0]["sha256"]) == 64
 
 
 def test_a_resumed_run_refuses_a_teacher_that_changed(tmp_path):
@@ -179,7 +190,7 @@ def test_a_run_with_cached_teacher_outputs_resumes_as_if_never_stopped(tmp_path)
 
 
 def test_cached_teacher_outputs_include_the_mirror_image_when_training_mirrors(tmp_path, tiny_cifar, monkeypatch):
-    import reslab.train.loop as loop
+    import reslab.train.distill as distill
 
     mirrored = []
 
@@ -187,7 +198,7 @@ def test_cached_teacher_outputs_include_the_mirror_image_when_training_mirrors(t
         mirrored.append(flip)
         return cached_teacher_logits(teacher, images, flip, *args)
 
-    monkeypatch.setattr(loop, "cached_teacher_logits", recording)
+    monkeypatch.setattr(distill, "cached_teacher_logits", recording)
     for augment in (True, False):
         _fit(_tiny_config(tmp_path / str(augment), data="cifar10", data_root=str(tiny_cifar), epochs=1, batch_size=30,
                           teacher="resnet56", teacher_mode="cached", augment=augment), quiet=True)
@@ -195,48 +206,43 @@ def test_cached_teacher_outputs_include_the_mirror_image_when_training_mirrors(t
 
 
 def test_an_ensemble_of_teachers_teaches_the_mean_of_their_logits(tmp_path, monkeypatch):
+    folder = tmp_path / "a+b"  # members are a list: a '+' inside a path is no ensemble of its own
     for seed in (0, 1):
-        _fit(_tiny_config(tmp_path / f"t{seed}", epochs=1, seed=seed), quiet=True)
-    first, second = (load_checkpoint(tmp_path / f"t{seed}") for seed in (0, 1))
-    both = f"{tmp_path / 't0'}+{tmp_path / 't1'}"
-    assert teacher_sources(both) == [str(tmp_path / "t0"), str(tmp_path / "t1")]
+        _fit(_tiny_config(folder / f"t{seed}", epochs=1, seed=seed), quiet=True)
+    first, second = (load_checkpoint(folder / f"t{seed}") for seed in (0, 1))
+    both = [str(folder / "t0"), str(folder / "t1")]
+    assert teacher_sources("runs/t0+resnet56") == ["runs/t0", "resnet56"]  # the command line's form
     ensemble = load_teacher(both, [first, second], torch.device("cpu"), torch.contiguous_format)
-    alone = [load_teacher("t", [c], torch.device("cpu"), torch.contiguous_format) for c in (first, second)]
+    alone = [load_teacher(["t"], [c], torch.device("cpu"), torch.contiguous_format) for c in (first, second)]
     x = first.normalizer(load_dataset("digits", "val", DataOptions()).images[:50])
     torch.testing.assert_close(ensemble.logits(x), (alone[0].logits(x) + alone[1].logits(x)) / 2)
     assert not torch.allclose(alone[0].logits(x), alone[1].logits(x), atol=1e-3)  # two different networks
-    assert ensemble.sha256 == f"{alone[0].sha256}+{alone[1].sha256}"
+    assert ensemble.files == [{**m.files[0], "source": s} for m, s in zip(alone, both)]
     # A run records both members' files and checksums, and a member that changes is noticed on resume.
     from reslab.train.loop import resume_run
 
     stopped = _fit(_tiny_config(tmp_path / "student", epochs=1, teacher=both, teacher_mode="cached"), quiet=True,
                    should_stop=lambda step: step == 3)
     assert stopped.status == "interrupted"
-    saved = load_checkpoint(tmp_path / "student" / "last.pt").config
-    assert saved["teacher"] == "+".join(str((tmp_path / f"t{s}" / "best.pt").resolve()) for s in (0, 1))
-    assert saved["teacher_sha256"] == ensemble.sha256
-    _untrained_teacher(tmp_path / "t1" / "best.pt", tmp_path / "t1" / "best.pt")
+    assert load_checkpoint(tmp_path / "student" / "last.pt").config["teacher"] == both
+    recorded = json.loads((tmp_path / "student" / "run.json").read_text())["teacher"]
+    assert [m["file"] for m in recorded] == [str((folder / f"t{s}" / "best.pt").resolve()) for s in (0, 1)]
+    _untrained_teacher(folder / "t1" / "best.pt", folder / "t1" / "best.pt")
     with pytest.raises(CheckpointError, match=r"teacher \S*t1/best.pt \(SHA-256 .* has changed"):
         resume_run(tmp_path / "student", quiet=True)
     # Online, with micro-batches: the ensemble reads each micro-batch like a single teacher.
     online = _fit(_tiny_config(tmp_path / "online", epochs=1, teacher=both, accumulation=2), quiet=True)
     assert online.status == "finished" and online.history[-1]["eval_error"] < 0.9
-    # Members are recorded +-joined, so one whose path has a + in it would split wrongly on resume.
-    plus = tmp_path / "a+b"
-    for seed in (0, 1):
-        shutil.copytree(tmp_path / f"t{seed}", plus / f"t{seed}")
-    monkeypatch.chdir(plus)
-    with pytest.raises(ConfigError, match=r"member's path contains '\+' \(\S*a\+b/t0/best.pt\)"):
-        _fit(_tiny_config(tmp_path / "s2", epochs=1, teacher="t0+t1"), quiet=True)
-    with pytest.raises(CheckpointError, match=r"read t0\+t9 as an ensemble of 2: t0, t9"):
+    monkeypatch.chdir(folder)
+    with pytest.raises(CheckpointError, match=r"an ensemble of 2: t0, t9"):
         _fit(_tiny_config(tmp_path / "s3", epochs=1, teacher="t0+t9"), quiet=True)
     # One view of each batch for all members: they must normalise alike.
     other = replace(second, normalizer=Normalizer(second.normalizer.mean + 0.1, second.normalizer.std))
     with pytest.raises(ConfigError, match="must normalise their inputs alike"):
-        load_teacher(both, [first, other], torch.device("cpu"), torch.contiguous_format)
+        load_teacher(["t0", "t1"], [first, other], torch.device("cpu"), torch.contiguous_format)
     with pytest.raises(ConfigError, match="an empty name between the '\\+'"):
         teacher_sources("resnet56+")
-    plus = shutil.copy(tmp_path / "t0" / "best.pt", tmp_path / "a+b.pt")  # a file whose name has a +
+    plus = shutil.copy(folder / "t0" / "best.pt", tmp_path / "a+b.pt")  # a file whose name has a +
     assert teacher_sources(str(plus)) == [str(plus)]
 
 
@@ -270,7 +276,10 @@ def test_distillation_settings_are_checked():
         resolve("fast", overrides={"teacher": "t.pt", "teacher_mode": "offline"})
     with pytest.raises(ConfigError, match="distill_temperature must be a number"):
         resolve("fast", overrides={"teacher": "t.pt", "distill_temperature": "warm"})
-    assert resolve("fast", overrides={"teacher": "2024-01-01"}).teacher == "2024-01-01"  # a name, not a date
+    assert resolve("fast", overrides={"teacher": "2024-01-01"}).teacher == ["2024-01-01"]  # a name, not a date
+    assert resolve("fast", overrides={"teacher": "resnet56+resnet20"}).teacher == ["resnet56", "resnet20"]
+    with pytest.raises(ConfigError, match="teacher must be a list"):
+        resolve("fast", overrides={"teacher": "[]"})
 
 
 def test_the_model_card_names_each_member_of_an_ensemble_teacher():
@@ -281,7 +290,7 @@ def test_the_model_card_names_each_member_of_an_ensemble_teacher():
     spec = importlib.util.spec_from_file_location("bundle_weights", script)
     bundle = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bundle)
-    assert bundle.teacher_names("/runs/r56/best.pt+resnet20") == "r56+resnet20"
-    assert bundle.teacher_names("/models/teacher.pt") == "teacher.pt"
-    assert bundle.teacher_names("resnet56") == "resnet56"
-    assert bundle.short_shas("a" * 64 + "+" + "b" * 64) == "aaaaaaaaaaaa...+bbbbbbbbbbbb..."
+    assert bundle.teacher_names(["/runs/r56/best.pt", "resnet20"]) == "r56+resnet20"
+    assert bundle.teacher_names(["/models/teacher.pt"]) == "teacher.pt"
+    assert bundle.teacher_names(["resnet56"]) == "resnet56"
+    assert bundle.short_shas(["a" * 64, "b" * 64]) == "aaaaaaaaaaaa...+bbbbbbbbbbbb..."

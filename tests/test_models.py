@@ -8,7 +8,7 @@ from torch import nn
 
 import reslab
 from reslab.errors import SpecError
-from reslab.models.blocks import BasicBlock, Bottleneck
+from reslab.models.blocks import Bottleneck
 from reslab.models.shortcuts import ProjectionShortcut, ZeroPadShortcut
 
 # Paper Sec. 4.2 (option A) and torchvision's counts for Table 1's networks.

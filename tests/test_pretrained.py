@@ -2,16 +2,15 @@
 
 import json
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
-import torch
 
 import reslab
 import reslab.models.pretrained as pretrained
 from reslab.errors import CheckpointError, SpecError
+
+from conftest import cli
 
 IMAGES = Path(__file__).resolve().parents[1] / "docs" / "images"
 
@@ -64,15 +63,12 @@ def test_missing_weights_are_one_clear_error():
 
 
 def test_cli_predict_without_checkpoint_and_models_column():
-    run = subprocess.run([sys.executable, "-m", "reslab", "predict", str(IMAGES / "cat.png"), "--json"],
-                         capture_output=True, text=True, timeout=120)
+    run = cli("predict", str(IMAGES / "cat.png"), "--json")
     assert run.returncode == 0, run.stderr
     assert json.loads(run.stdout)[0]["top"][0]["class"] == "cat"
-    run = subprocess.run([sys.executable, "-m", "reslab", "predict", "--model", "resnet110", str(IMAGES / "cat.png")],
-                         capture_output=True, text=True, timeout=120)
+    run = cli("predict", "--model", "resnet110", str(IMAGES / "cat.png"))
     assert run.returncode == 2 and "no bundled weights for 'resnet110'" in run.stderr
-    run = subprocess.run([sys.executable, "-m", "reslab", "models", "--json", "--family", "cifar"],
-                         capture_output=True, text=True, timeout=120)
+    run = cli("models", "--json", "--family", "cifar")
     flags = {r["name"]: r["pretrained"] for r in json.loads(run.stdout)}
     assert flags["resnet20"] is True and flags["resnet110"] is False
 
@@ -89,8 +85,8 @@ def test_bfloat16_predictions_match_float32_on_the_sample_images():
         if f.top[0][1] - f.top[1][1] > 0.03:  # a clear winner stays the winner (whichever samples have one)
             assert f.top[0][0] == h.top[0][0]
     assert sum(f.top[0][1] - f.top[1][1] > 0.03 for f in full) >= 2  # cat and ship are clear
-    run = subprocess.run([sys.executable, "-m", "reslab", "predict", str(IMAGES / "ship.png"), "--precision",
-                          "bfloat16", "--json"], capture_output=True, text=True, timeout=120)
+    run = cli("predict", str(IMAGES / "ship.png"), "--precision",
+                          "bfloat16", "--json")
     assert run.returncode == 0, run.stderr
     assert json.loads(run.stdout)[0]["top"][0]["class"] == "ship"
 

@@ -1,7 +1,6 @@
 """Training: a real short run, resume equivalence, checkpoints, schedules, and bad input."""
 
 import json
-import os
 import re
 import signal
 import subprocess
@@ -15,11 +14,11 @@ import torch
 from reslab.errors import CheckpointError, ConfigError
 from reslab.fileio import atomic_torch_save
 from reslab.checkpoint import load_checkpoint
-from reslab.train.config import TrainConfig, parse_overrides, resolve
+from reslab.train.config import parse_overrides, resolve
 from reslab.train.loop import fit, resume_run
 from reslab.train.schedules import Schedule, milestone_steps, schedule_for
 
-from conftest import run_bundle_script
+from conftest import cli, run_bundle_script
 
 pytest.importorskip("sklearn")  # the digits dataset: real data, no download
 
@@ -65,17 +64,24 @@ def test_interrupted_then_resumed_run_reproduces_the_uninterrupted_one(tmp_path)
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
-def test_a_run_started_from_other_weights_records_their_file_hash(tmp_path):
+def test_a_run_started_from_other_weights_records_their_file_in_run_json_not_the_config(tmp_path):
     import yaml
 
     from reslab.fileio import sha256
 
     fit(tiny_config(tmp_path / "first", epochs=1), quiet=True)
     fit(tiny_config(tmp_path / "second", epochs=1, init_from=str(tmp_path / "first")), quiet=True)
-    recorded = yaml.safe_load((tmp_path / "second" / "config.yaml").read_text())
-    assert recorded["init_from_sha256"] == sha256(tmp_path / "first" / "best.pt")  # the run folder's file
-    with pytest.raises(ConfigError, match="init_from_sha256 is recorded for init_from"):
-        resolve("fast", overrides=parse_overrides(["init_from_sha256=abc"]))
+    facts = json.loads((tmp_path / "second" / "run.json").read_text())
+    assert facts["init_from"]["sha256"] == sha256(tmp_path / "first" / "best.pt")  # the run folder's file
+    assert facts["init_from"]["file"] == str((tmp_path / "first" / "best.pt").resolve())
+    assert facts["run_dir"] == str((tmp_path / "second").resolve())
+    config = yaml.safe_load((tmp_path / "second" / "config.yaml").read_text())
+    assert config["init_from"] == str(tmp_path / "first") and "init_from_sha256" not in config
+    # Another network than the file's is refused in one line naming both (and nothing is trained).
+    with pytest.raises(CheckpointError, match="holds resnet.*but this run trains plain"):
+        fit(tiny_config(tmp_path / "third", epochs=1, init_from=str(tmp_path / "first"), model="plain",
+                        model_options={"depth": 8}), quiet=True)
+    assert not (tmp_path / "third").exists()
 
 
 def test_checkpoint_round_trip(tmp_path):
@@ -187,10 +193,8 @@ def test_bad_checkpoints_are_clear(tmp_path):
         resume_run(tmp_path)
 
 
-def run_cli(*args, timeout=300):
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    return subprocess.run([sys.executable, "-m", "reslab", *args], capture_output=True, text=True,
-                          timeout=timeout, env=env)
+def run_cli(*args):
+    return cli(*args)  # in this process: a new Python per call would cost seconds of imports each
 
 
 @pytest.fixture(scope="module")
@@ -305,7 +309,7 @@ def test_cpu_bf16_autocast_trains_and_differs_from_float32(tmp_path):
 
 @pytest.mark.parametrize("native", [True, False])
 def test_cpu_bf16_warns_where_the_cpu_only_emulates_bf16(native, tmp_path, monkeypatch, capsys):
-    monkeypatch.setattr("reslab.train.loop.bfloat16_is_fast", lambda device: native)
+    monkeypatch.setattr("reslab.inference.bfloat16_is_fast", lambda device: native)
     fit(tiny_config(tmp_path / "run", iterations=2, cpu_bf16=True), quiet=False)
     warned = "no native bf16 arithmetic" in capsys.readouterr().err
     assert warned is not native
@@ -418,3 +422,98 @@ def test_bundle_card_counts_every_epoch_when_the_best_is_not_the_last(trained, t
     assert index["epoch"] == 1 and "the weights are those of epoch 1 of 4" in card.lower()
     curve_rows = [line for line in card.splitlines() if re.match(r"\| \d+ \|", line)]
     assert [row.split("|")[1].strip() for row in curve_rows] == ["1", "2", "3", "4"]
+
+
+def test_the_paper_warmup_follows_the_depth_however_the_network_is_named(tmp_path):
+    from reslab.analysis.experiments import ExperimentSettings, Member, _member_config, _model
+
+    deep = [{"model": "resnet110"}, {"model": "plain1202"}, {"model": "resnet", "model_options": {"depth": 110}},
+            {"model": "plain", "model_options": {"depth": 110}}]
+    for values in deep:
+        assert resolve("paper", overrides=values).warmup_until_error == 0.8, values
+    for values in ({"model": "resnet56"}, {"model": "resnet", "model_options": {"depth": 56}}):
+        assert resolve("paper", overrides=values).warmup_until_error is None, values
+    assert resolve("fast", overrides={"model": "resnet110"}).warmup_until_error is None  # the paper's recipe only
+    spec = tmp_path / "deep.yaml"
+    spec.write_text("model: resnet110\nshortcut: B\n")
+    assert resolve("paper", overrides={"model": str(spec)}).warmup_until_error == 0.8
+    # `reslab experiment table6 --depths 110` names its members by family and depth.
+    settings = ExperimentSettings(out=tmp_path / "exp", data="digits", budget=0.001)
+    member = Member("resnet110-seed0", "resnet", 110, 0, _model("resnet", 110))
+    assert _member_config(settings, member).warmup_until_error == 0.8
+
+
+def test_a_batch_that_does_not_split_into_micro_batches_is_refused(tmp_path):
+    with pytest.raises(ConfigError, match="batch_size 64 does not split into 1 process.* x 3 micro-batch"):
+        fit(tiny_config(tmp_path / "run", epochs=1, accumulation=3), quiet=True)
+    assert not (tmp_path / "run").exists()  # a run that never started leaves no folder
+
+
+def test_resume_refuses_another_network_or_dataset_and_keeps_the_run(tmp_path, tiny_cifar):
+    import shutil
+
+    import yaml
+
+    fit(tiny_config(tmp_path / "run", epochs=2), quiet=True, should_stop=lambda step: step == 30)
+    fit(tiny_config(tmp_path / "plain", epochs=1, model="plain"), quiet=True)
+    metrics = (tmp_path / "run" / "metrics.jsonl").read_text()
+    own = (tmp_path / "run" / "last.pt").read_bytes()
+    shutil.copy(tmp_path / "plain" / "last.pt", tmp_path / "run" / "last.pt")
+    with pytest.raises(CheckpointError, match=r"last.pt holds plain8, but this run trains resnet8"):
+        resume_run(tmp_path / "run", quiet=True)
+    assert (tmp_path / "run" / "metrics.jsonl").read_text() == metrics
+    (tmp_path / "run" / "last.pt").write_bytes(own)
+    config = yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())
+    (tmp_path / "run" / "config.yaml").write_text(yaml.safe_dump({**config, "data": "cifar10",
+                                                                  "data_root": str(tiny_cifar)}))
+    with pytest.raises(CheckpointError, match=r"was trained on digits \(10 classes, 1-channel 8px images\), not on "
+                                              r"cifar10\S* \(10 classes, 3-channel 32px"):
+        resume_run(tmp_path / "run", quiet=True)
+    assert (tmp_path / "run" / "last.pt").read_bytes() == own
+
+
+def test_a_run_folder_trains_in_one_process_at_a_time(tmp_path):
+    from reslab.train.run_lock import RunLock
+
+    fit(tiny_config(tmp_path / "run", epochs=2), quiet=True, should_stop=lambda step: step == 5)
+    held = RunLock(tmp_path / "run")  # as another `reslab train --resume` of this run would hold it
+    try:
+        with pytest.raises(ConfigError, match=r"run is being trained by reslab process \d+"):
+            resume_run(tmp_path / "run", quiet=True)
+    finally:
+        held.release()
+    assert load_checkpoint(tmp_path / "run" / "last.pt").progress["step"] == 5  # untouched by the refused one
+    assert resume_run(tmp_path / "run", quiet=True).status == "finished"  # the lock goes with its holder
+
+
+def test_a_loss_that_diverges_in_the_first_epoch_says_nothing_was_kept(tmp_path):
+    result = fit(tiny_config(tmp_path / "run", epochs=2, schedule="constant", lr=1e12, warmup=0), quiet=True)
+    assert result.status == "diverged" and "before its first checkpoint" in result.message
+    assert "last good checkpoint" not in result.message and not (tmp_path / "run" / "last.pt").exists()
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--threads", "0"], "threads must be 1 or more, got 0"),
+    (["--threads", "-1"], "threads must be 1 or more, got -1"),
+    (["--out", "FILE"], "is a file, not a folder"),
+])
+def test_train_flags_that_cannot_work_are_one_line(flags, message, tmp_path):
+    from conftest import cli
+
+    (tmp_path / "FILE").write_text("a user's file\n")
+    flags = [str(tmp_path / "FILE") if f == "FILE" else f for f in flags]
+    out = [] if "--out" in flags else ["--out", str(tmp_path / "run")]
+    result = cli("train", "--data", "digits", "--model", "resnet", "--set", "model_options.depth=8", "--epochs", "1",
+                 *out, *flags)
+    assert result.returncode == 2 and message in result.stderr and "Traceback" not in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert (tmp_path / "FILE").read_text() == "a user's file\n"
+
+
+def test_a_checkpoints_progress_is_a_typed_record():
+    from reslab.train.state import RunState
+
+    state = RunState(step=7, epoch=1, batch=2, history=[{"epoch": 1}])
+    assert RunState.from_dict(state.to_dict()) == state
+    with pytest.raises(CheckpointError, match="unknown progress field"):
+        RunState.from_dict({**state.to_dict(), "stepp": 3})

@@ -29,7 +29,6 @@ from ..models.registry import PAPER_ERRORS
 from ..plots import error_curve_panels, error_curves
 from ..tables import format_table
 from ..train.config import resolve
-from ..train.recipes import recipe_values
 from ..train.history import read_history
 from ..train.interrupt import StopFlag, say_while_stopping
 from ..train.loop import fit, resume_run
@@ -69,15 +68,15 @@ class ExperimentSettings:
         # The paper recipe counts iterations, the fast one epochs (fractions allowed); milestones
         # (fractions of the run) and one-cycle phases scale with the length. A recipe's length is the
         # same for every model. A length set explicitly (--set iterations/epochs) wins outright.
-        length = recipe_values(self.recipe, "resnet20")
+        length = resolve(self.recipe)
         if "iterations" in self.extra:
             pass
         elif "epochs" in self.extra:  # as `reslab train --epochs`: epochs replace the recipe's iterations
             values.update(iterations=None)
-        elif length.get("iterations"):
-            values.update(iterations=max(1, round(length["iterations"] * self.budget)), epochs=None)
-        elif length.get("epochs"):
-            values.update(epochs=length["epochs"] * self.budget, iterations=None)
+        elif length.iterations:
+            values.update(iterations=max(1, round(length.iterations * self.budget)), epochs=None)
+        elif length.epochs:
+            values.update(epochs=length.epochs * self.budget, iterations=None)
         return {**values, **self.extra}
 
 

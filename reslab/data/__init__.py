@@ -25,13 +25,13 @@ from .digits import load_digits
 from .folder import list_class_folders, load_folder
 from .idx import CLASSES as IDX_CLASSES
 from .idx import load_idx, load_idx_pair, _find
-from .loader import EvalLoader, TrainLoader
+from .loader import Batch, EvalLoader, TrainLoader
 
 NAMED = ("cifar10", "cifar100", "mnist", "fashion-mnist", "digits")
 SPLITS = ("train", "val", "trainval", "test")
 
 __all__ = ["AugmentDefaults", "DataOptions", "EvalLoader", "ImageArrays", "NAMED", "NORMALIZATIONS",
-           "Normalizer", "SPLITS", "TrainLoader", "data_root", "load_dataset"]
+           "Batch", "Normalizer", "SPLITS", "TrainLoader", "data_root", "load_dataset"]
 
 
 def data_root(root: str | Path | None = None) -> Path:

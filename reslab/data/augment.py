@@ -13,7 +13,6 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import DataError
-from .arrays import ImageArrays
 
 NORMALIZATIONS = ("channel", "pixel")
 
@@ -114,9 +113,3 @@ def cutout(x: torch.Tensor, size: int, generator: torch.Generator) -> torch.Tens
 
 def preprocess_eval(images: torch.Tensor, normalizer: Normalizer) -> torch.Tensor:
     return normalizer(images).contiguous(memory_format=torch.channels_last)
-
-
-def check_compatible(data: ImageArrays, normalizer: Normalizer) -> None:
-    if normalizer.mean.shape[0] != data.channels:
-        raise DataError(f"{data.name} has {data.channels} channels, the normalisation expects "
-                        f"{normalizer.mean.shape[0]}")

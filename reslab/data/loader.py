@@ -5,14 +5,15 @@ epoch's permutation and its augmentation from a generator seeded for that batch 
 that stops mid-epoch resumes with exactly the batches it would have seen, and several processes
 can share one epoch without talking to each other.
 
-Sharding (``rank``, ``world_size``): ``batch_size`` is the *global* batch. Each process takes the
-strided slice ``batch[rank::world_size]`` of every global batch, augmented identically to the
-single-process run, so N processes together see exactly what one process would.
+Sharding (``rank``, ``world_size``): ``batch_size`` is the *global* batch (the trainer checks that
+it splits evenly). Each process takes the strided slice ``batch[rank::world_size]`` of every global
+batch, augmented identically to the single-process run, so N processes together see exactly what one
+process would.
 """
 
 from __future__ import annotations
 
-from typing import Iterator
+from typing import Iterator, NamedTuple
 
 import torch
 
@@ -25,14 +26,30 @@ def _batch_seed(seed: int, epoch: int, index: int) -> int:
     return (seed * 1_000_003 + epoch) * 1_000_033 + index
 
 
+class Batch(NamedTuple):
+    """One training batch as this process sees it; every loader yields this one shape."""
+
+    images: torch.Tensor  # normalised and augmented, N x C x H x W
+    labels: torch.Tensor
+    rows: torch.Tensor  # each example's row in the dataset (per-image targets, e.g. a cached teacher's logits)
+    # The same images under the same crops, flips and cutout, normalised with a second set of statistics
+    # (a distillation teacher's); ``images`` itself when the loader was given none.
+    teacher_images: torch.Tensor
+
+    def part(self, index: int, parts: int) -> "Batch":
+        """Micro-batch ``index`` of ``parts``: every ``parts``-th example (strided, as processes split)."""
+        if parts == 1:
+            return self
+        return Batch(*(t[index::parts] for t in self))
+
+
 class TrainLoader:
     """Shuffled, augmented, normalised training batches; the last partial batch is dropped."""
 
     def __init__(self, data: ImageArrays, batch_size: int, normalizer: Normalizer, *,
                  augment: AugmentDefaults | None = None, seed: int = 0, device: str | torch.device = "cpu",
-                 rank: int = 0, world_size: int = 1, cutout_size: int = 0):
-        if batch_size < world_size or batch_size % world_size:
-            raise DataError(f"global batch size {batch_size} must be a multiple of the {world_size} processes")
+                 rank: int = 0, world_size: int = 1, cutout_size: int = 0,
+                 teacher_normalizer: Normalizer | None = None):
         if len(data) < batch_size:
             raise DataError(f"{data.name} has {len(data)} images, fewer than one batch of {batch_size}")
         self.device = torch.device(device)
@@ -40,6 +57,7 @@ class TrainLoader:
         self.labels = data.labels.to(self.device)
         self.batch_size = batch_size
         self.normalizer = normalizer.to(self.device)
+        self.teacher_normalizer = None if teacher_normalizer is None else teacher_normalizer.to(self.device)
         self.augment = augment if augment is not None else data.augment
         self.seed, self.rank, self.world_size = seed, rank, world_size
         self.cutout_size = cutout_size  # 0: no cutout
@@ -51,32 +69,16 @@ class TrainLoader:
         g = torch.Generator().manual_seed(_batch_seed(self.seed, epoch, -1))
         return torch.randperm(len(self.images), generator=g).to(self.device)
 
-    def epoch(self, epoch: int, start: int = 0, second_normalizer: Normalizer | None = None,
-              targets: torch.Tensor | None = None) -> Iterator[tuple[torch.Tensor, ...]]:
-        """The batches ``(x, y)`` of ``epoch`` from batch index ``start`` on.
-
-        With ``second_normalizer``, ``(x, y, x2)``: ``x2`` is the same images under the same crops,
-        flips and cutout, normalised with the other statistics (a distillation teacher's input).
-        With ``targets`` (one row per training image, in the data's order), ``(x, y, t)``: ``t`` holds
-        the rows of the batch's images (a cached teacher's logits)."""
-        if second_normalizer is not None and targets is not None:
-            raise ValueError("a batch carries either a second normalisation or per-image targets, not both")
-        if targets is not None and len(targets) != len(self.images):
-            raise ValueError(f"{len(targets)} target rows for {len(self.images)} training images")
+    def epoch(self, epoch: int, start: int = 0) -> Iterator[Batch]:
+        """The batches of ``epoch`` from batch index ``start`` on."""
         order = self.permutation(epoch)
-        other = None if second_normalizer is None else second_normalizer.to(self.device)
-        rows = None if targets is None else targets.to(self.device)
+        mine = slice(self.rank, None, self.world_size)
         for index in range(start, len(self)):
             idx = order[index * self.batch_size:(index + 1) * self.batch_size]
             images, seed = self.images[idx], _batch_seed(self.seed, epoch, index)
-            mine = slice(self.rank, None, self.world_size)
-            x, y = self._augmented(images, self.normalizer, seed), self.labels[idx][mine]
-            if other is not None:
-                yield x, y, self._augmented(images, other, seed)
-            elif rows is not None:
-                yield x, y, rows[idx][mine]
-            else:
-                yield x, y
+            x = self._augmented(images, self.normalizer, seed)
+            x_teacher = x if self.teacher_normalizer is None else self._augmented(images, self.teacher_normalizer, seed)
+            yield Batch(x, self.labels[idx][mine], idx[mine], x_teacher)
 
     def _augmented(self, images: torch.Tensor, normalizer: Normalizer, seed: int) -> torch.Tensor:
         """This process's slice of the normalised, augmented batch; the augmentation depends on ``seed`` alone."""

@@ -33,6 +33,11 @@ class BlockSpec:
     stride: int = 1
     kernel: tuple[int, int] = (3, 3)
 
+    def __post_init__(self) -> None:
+        # The one check of a block's kind: the builder, spec files and NetSpec.from_dict all make BlockSpecs.
+        if self.kind not in BLOCK_KINDS:
+            raise SpecError(f"unknown block kind {self.kind!r}; choose one of {', '.join(BLOCK_KINDS)}")
+
 
 def _conv(in_ch: int, out_ch: int, kernel: tuple[int, int], stride: int = 1) -> nn.Conv2d:
     if kernel[0] % 2 == 0 or kernel[1] % 2 == 0:
@@ -76,8 +81,6 @@ class Bottleneck(nn.Module):
 
     def __init__(self, spec: BlockSpec, shortcut: str | None, stride_on: str = "1x1"):
         super().__init__()
-        if stride_on not in STRIDE_POSITIONS:
-            raise SpecError(f"bottleneck stride position must be one of {STRIDE_POSITIONS}, got {stride_on!r}")
         if spec.out_channels % BOTTLENECK_EXPANSION:
             raise SpecError(
                 f"a bottleneck's output width must be a multiple of {BOTTLENECK_EXPANSION}, got {spec.out_channels}"
@@ -107,9 +110,8 @@ class Bottleneck(nn.Module):
 
 
 def make_block(spec: BlockSpec, shortcut: str | None, bottleneck_stride: str = "1x1") -> nn.Module:
-    """Build one block; ``shortcut=None`` gives the plain twin."""
+    """Build one block; ``shortcut=None`` gives the plain twin (kind, shortcut option and stride position
+    were checked when the specs were made)."""
     if spec.kind == "basic":
         return BasicBlock(spec, shortcut)
-    if spec.kind == "bottleneck":
-        return Bottleneck(spec, shortcut, bottleneck_stride)
-    raise SpecError(f"unknown block kind {spec.kind!r}; choose one of {', '.join(BLOCK_KINDS)}")
+    return Bottleneck(spec, shortcut, bottleneck_stride)

@@ -15,7 +15,7 @@ from typing import Sequence
 from torch import nn
 
 from ..errors import SpecError
-from .blocks import BLOCK_KINDS, BlockSpec
+from .blocks import BlockSpec
 from .resnet import NetSpec, PoolSpec, ResNet, StageSpec, StemSpec
 
 
@@ -123,8 +123,6 @@ class Builder:
         self._require_stem("residual_block")
         if self._head_pool is not None:
             raise SpecError("residual_block() after avg_pool(kernel=...): the head pool must come last")
-        if kind not in BLOCK_KINDS:
-            raise SpecError(f"unknown block kind {kind!r}; choose one of {', '.join(BLOCK_KINDS)}")
         out = self._resolve_channels(channels, channel, "residual_block")
         kernel = _odd_filter(filter, "residual_block filter")
         stride = _positive(stride, "residual_block stride")

@@ -12,6 +12,7 @@ from torch import nn
 from ..errors import SpecError
 from .presets import IMAGENET_LAYOUTS, cifar_spec, imagenet_spec
 from .resnet import NetSpec, ResNet
+from .spec import read_spec_file, spec_from_mapping
 
 CIFAR_DEPTHS = (20, 32, 44, 56, 110, 1202)
 SPEC_SUFFIXES = (".yaml", ".yml", ".json")
@@ -102,9 +103,7 @@ def resolve_spec(model: str | Path | NetSpec, **overrides: Any) -> NetSpec:
         return _apply_spec_overrides(model, str(model.name), overrides)
     name = str(model)
     if name.lower().endswith(SPEC_SUFFIXES):
-        from .spec import load_spec  # local: spec -> builder -> registry would be circular at import
-
-        return _apply_spec_overrides(load_spec(name), name, overrides)
+        return _apply_spec_overrides(_spec_file(name), name, overrides)
     if name in MODELS:
         return _call(MODELS[name].factory, name, overrides)
     if name in FAMILIES:
@@ -112,6 +111,19 @@ def resolve_spec(model: str | Path | NetSpec, **overrides: Any) -> NetSpec:
             raise SpecError(f"model family {name!r} needs a depth, e.g. create_model({name!r}, depth=74)")
         return _call(FAMILIES[name], name, overrides)
     raise SpecError(f"unknown model {name!r}; `reslab models` lists them (or pass a .yaml/.json spec)")
+
+
+def _spec_file(path: str) -> NetSpec:
+    """A spec file: a preset with overrides (``model: resnet56``) or a network layer by layer."""
+    data = read_spec_file(path)
+    if "model" in data:
+        overrides = {k: v for k, v in data.items() if k != "model"}
+        try:
+            return resolve_spec(str(data["model"]), **overrides)
+        except SpecError as exc:
+            raise SpecError(f"{path}: {exc}") from None
+    spec = spec_from_mapping(data, path)
+    return spec if "name" in data else spec.with_overrides(name=Path(path).stem)
 
 
 _SPEC_OVERRIDES = ("num_classes", "in_channels", "shortcut", "residual", "bottleneck_stride", "zero_init_residual")

@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from ..errors import SpecError
-from .blocks import BLOCK_KINDS, STRIDE_POSITIONS, BlockSpec, make_block
+from .blocks import STRIDE_POSITIONS, BlockSpec, make_block
 from .shortcuts import SHORTCUT_OPTIONS
 
 POOL_KINDS = ("max", "avg")
@@ -72,10 +72,6 @@ class NetSpec:
         for name, value in (("in_channels", self.in_channels), ("num_classes", self.num_classes)):
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise SpecError(f"{name} must be a positive integer, got {value!r}")
-        for stage in self.stages:
-            for block in stage.blocks:
-                if block.kind not in BLOCK_KINDS:
-                    raise SpecError(f"unknown block kind {block.kind!r}; choose one of {', '.join(BLOCK_KINDS)}")
 
     @property
     def blocks(self) -> list[BlockSpec]:

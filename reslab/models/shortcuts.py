@@ -63,9 +63,7 @@ class ProjectionShortcut(nn.Module):
 
 
 def make_shortcut(option: str, in_channels: int, out_channels: int, stride: int) -> nn.Module:
-    """The shortcut of one residual block under ``option`` ("A", "B" or "C")."""
-    if option not in SHORTCUT_OPTIONS:
-        raise SpecError(f"unknown shortcut option {option!r}; choose one of A, B, C")
+    """The shortcut of one residual block under ``option`` ("A", "B" or "C", checked by NetSpec)."""
     shapes_agree = in_channels == out_channels and stride == 1
     if option == "C" or (option == "B" and not shapes_agree):
         return ProjectionShortcut(in_channels, out_channels, stride)

@@ -21,13 +21,11 @@ or a network layer by layer (each entry is one builder call; ``repeat`` repeats 
 from __future__ import annotations
 
 import inspect
-import json
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from ..errors import SpecError
+from ..fileio import read_yaml_mapping
 from .builder import Builder
 from .resnet import NetSpec
 
@@ -36,34 +34,13 @@ NETWORK_KEYS = ("in_channels", "num_classes", "shortcut", "residual", "bottlenec
                 "zero_init_residual", "input_size", "name")
 
 
-def read_mapping(path: str | Path) -> dict[str, Any]:
-    """A YAML or JSON file whose top level is a mapping, or a ``SpecError`` naming the problem."""
-    path = Path(path)
-    try:
-        text = path.read_text()
-    except FileNotFoundError:
-        raise SpecError(f"{path}: no such file") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise SpecError(f"{path}: cannot read ({exc})") from None
-    try:
-        data = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
-    except (json.JSONDecodeError, yaml.YAMLError) as exc:
-        first = str(exc).strip().splitlines()[0]
-        raise SpecError(f"{path}: not valid {'JSON' if path.suffix == '.json' else 'YAML'}: {first}") from None
-    if not isinstance(data, dict):
-        raise SpecError(f"{path}: the top level must be a mapping of keys to values")
-    return data
+def read_spec_file(path: str | Path) -> dict[str, Any]:
+    return read_yaml_mapping(path, SpecError)
 
 
 def spec_from_mapping(data: dict[str, Any], where: str = "spec") -> NetSpec:
-    if "model" in data:
-        from .registry import resolve_spec
-
-        overrides = {k: v for k, v in data.items() if k != "model"}
-        try:
-            return resolve_spec(str(data["model"]), **overrides)
-        except SpecError as exc:
-            raise SpecError(f"{where}: {exc}") from None
+    """The network a spec's ``layers`` describe (a spec naming a ``model`` preset is resolved by the
+    registry, which knows the presets)."""
     unknown = sorted(set(data) - set(NETWORK_KEYS) - {"layers"})
     if unknown:
         raise SpecError(f"{where}: unknown key(s) {', '.join(unknown)}; allowed: model, layers, {', '.join(NETWORK_KEYS)}")
@@ -97,12 +74,3 @@ def spec_from_mapping(data: dict[str, Any], where: str = "spec") -> NetSpec:
         return builder.spec()
     except SpecError as exc:
         raise SpecError(f"{where}: {exc}") from None
-
-
-def load_spec(path: str | Path) -> NetSpec:
-    """Read a network spec file (see the module docstring for the format)."""
-    data = read_mapping(path)
-    spec = spec_from_mapping(data, str(path))
-    if "name" not in data and "model" not in data:
-        spec = spec.with_overrides(name=Path(path).stem)
-    return spec

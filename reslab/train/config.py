@@ -1,7 +1,9 @@
 """Training configuration: one dataclass, filled from a recipe, a YAML file and overrides.
 
-Precedence: dataclass defaults < recipe < YAML file < command-line overrides. The resolved config is
-saved with every run (``config.yaml``), and is what ``--resume`` continues.
+Precedence: dataclass defaults (the paper's CIFAR recipe, Sec. 4.2) < recipe < YAML file < command-line
+overrides. The resolved config is saved with every run (``config.yaml``), and is what ``--resume``
+continues. It holds only what the user chose: facts found while the run starts (file hashes, the
+resolved run folder) go to the run's ``run.json`` (reslab/train/setup.py).
 """
 
 from __future__ import annotations
@@ -14,9 +16,11 @@ from typing import Any
 
 import yaml
 
-from ..errors import ConfigError
+from ..errors import ConfigError, SpecError
+from ..fileio import read_yaml_mapping
 from .schedules import milestones_are_fractions
 
+DEFAULT_MODEL = "resnet20"
 SCHEDULES = ("multistep", "onecycle", "cosine", "constant")
 OPTIMIZERS = ("sgd", "adamw")
 DEVICES = ("auto", "cpu", "cuda", "mps")
@@ -26,10 +30,11 @@ TEACHER_MODES = ("online", "cached")
 @dataclass
 class TrainConfig:
     # ---- what to train -----------------------------------------------------------------
-    model: str = "resnet20"  # preset name, family ("resnet" + model_options.depth) or spec file
+    # A preset name, a family ("resnet" + model_options.depth) or a spec file. None: DEFAULT_MODEL, or with
+    # init_from the network in that file.
+    model: str | None = None
     model_options: dict[str, Any] = field(default_factory=dict)  # create_model overrides (shortcut, depth...)
     init_from: str | None = None  # start from this checkpoint's weights (new optimizer and schedule)
-    init_from_sha256: str | None = None  # recorded by the run when it starts
     data: str = "cifar10"  # dataset name or path (see reslab.data)
     data_root: str | None = None
     train_split: str = "train"  # "train" (45k of CIFAR-10) or "trainval" (all 50k)
@@ -38,10 +43,10 @@ class TrainConfig:
     image_size: int | None = None  # image folders: resize/crop side
     channels: int = 3  # image folders: 3 (RGB) or 1 (grayscale)
     strict: bool = False  # image folders: fail on unreadable or non-image files instead of skipping them
-    normalize: str = "channel"  # "channel" mean/std, or "pixel": the paper's per-pixel mean subtraction
+    normalize: str = "pixel"  # "pixel": the paper's per-pixel mean subtraction, or "channel" mean/std
     augment: bool = True  # the dataset's crop/flip (CIFAR: pad 4, random crop, flip)
     cutout: int = 0  # side in pixels of a square zeroed at a random place in each training image; 0: none
-    # ---- the recipe ---------------------------------------------------------------------
+    # ---- the recipe (defaults: the paper's, Sec. 4.2; reslab/train/recipes.py holds the others) -----
     recipe: str = "paper"
     optimizer: str = "sgd"
     lr: float = 0.1
@@ -51,8 +56,9 @@ class TrainConfig:
     no_decay_bn_bias: bool = False  # exempt BN parameters and biases from weight decay
     label_smoothing: float = 0.0
     batch_size: int = 128  # global batch (all processes together)
-    # Knowledge distillation (reslab/train/distill.py): a checkpoint, run folder or bundled model name.
-    teacher: str | None = None
+    # Knowledge distillation (reslab/train/distill.py): checkpoints, run folders or bundled model names;
+    # several teach as an ensemble (the mean of their logits).
+    teacher: list[str] | None = None
     # Weight of the soft (teacher) term; 1 - weight goes to the labels. 0.9 and T=4 are the usual CIFAR
     # settings (e.g. Tian et al. 2020, "Contrastive Representation Distillation", their KD baseline).
     distill_weight: float = 0.9
@@ -63,7 +69,6 @@ class TrainConfig:
     # augmented view of that image: distillation at the cost of plain training, with targets that do
     # not follow crops or cutout.
     teacher_mode: str = "online"
-    teacher_sha256: str | None = None  # recorded by the run when it starts; a resumed run checks it
     # Split each process's batch into this many micro-batches, summing their gradients (same update,
     # less memory; BN sees each micro-batch alone, as it sees each process's slice under DDP).
     accumulation: int = 1
@@ -74,8 +79,8 @@ class TrainConfig:
     # so the paper recipe's [0.5, 0.75] is 32k/48k of 64k and still fits when the run is shortened.
     milestones: list[float] = field(default_factory=lambda: [0.5, 0.75])
     gamma: float = 0.1
-    warmup_iterations: int = 0  # linear ramp from warmup_start_factor * lr (any schedule)
-    warmup_fraction: float = 0.0  # the same as a fraction of all iterations (used when warmup_iterations is 0)
+    # Linear ramp from warmup_start_factor * lr (any schedule): steps, or a fraction of the run below 1.
+    warmup: float = 0.0
     warmup_start_factor: float = 0.1
     # Paper Sec. 4.2, ResNet-110/1202: lr warmup_lr until the training error drops below this, then lr.
     warmup_until_error: float | None = None
@@ -124,8 +129,6 @@ class TrainConfig:
         need(isinstance(self.batch_size, int) and self.batch_size > 0, f"batch_size must be a positive integer, got {self.batch_size!r}")
         need(isinstance(self.accumulation, int) and self.accumulation >= 1,
              f"accumulation must be a positive integer, got {self.accumulation!r}")
-        need(self.batch_size % self.accumulation == 0,
-             f"batch_size {self.batch_size} is not divisible into {self.accumulation} micro-batches")
         need(self.lr > 0, f"lr must be positive, got {self.lr}")
         need(self.weight_decay >= 0, f"weight_decay must be >= 0, got {self.weight_decay}")
         need(0 <= self.label_smoothing < 1, f"label_smoothing must be in [0, 1), got {self.label_smoothing}")
@@ -137,11 +140,13 @@ class TrainConfig:
              "distill_weight, distill_temperature and teacher_mode need a teacher (--teacher)")
         need(self.teacher_mode in TEACHER_MODES,
              f"teacher_mode must be one of {', '.join(TEACHER_MODES)}, got {self.teacher_mode!r}")
-        need(self.teacher is None or (isinstance(self.teacher, str) and self.teacher != ""),
-             f"teacher must be a checkpoint, run folder or bundled model name, got {self.teacher!r}")
-        need(self.init_from is not None or self.init_from_sha256 is None,
-             "init_from_sha256 is recorded for init_from; set init_from too")
-        need(self.teacher is not None or self.teacher_sha256 is None, "teacher_sha256 is recorded for a teacher; set teacher too")
+        need(self.teacher is None or (isinstance(self.teacher, list) and len(self.teacher) > 0
+                                      and all(isinstance(t, str) and t != "" for t in self.teacher)),
+             f"teacher must be a list of checkpoints, run folders or bundled model names, got {self.teacher!r}")
+        need(self.model is None or (isinstance(self.model, str) and self.model != ""),
+             f"model must be a model name or spec file, got {self.model!r}")
+        need(self.threads is None or self.threads >= 1, f"threads must be 1 or more, got {self.threads}")
+        need(self.warmup >= 0, f"warmup must be >= 0 (steps, or a fraction of the run below 1), got {self.warmup}")
         need(self.iterations is not None or self.epochs is not None, "set iterations or epochs")
         need(self.iterations is None or (isinstance(self.iterations, int) and self.iterations > 0),
              f"iterations must be a positive integer, got {self.iterations!r}")
@@ -188,26 +193,54 @@ def _valid_milestones(milestones: Any) -> bool:
 FIELDS = {f.name: f for f in dataclasses.fields(TrainConfig)}
 
 
+def _yaml_value(text: str) -> Any:
+    """A command-line value read by YAML's rules; text YAML cannot read (``[1``) stays text, for the
+    field's own check to refuse in one line."""
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError:
+        return text
+
+
 def _coerce(name: str, value: Any) -> Any:
     """Turn a command-line string into the field's type (YAML rules: 1e-4, true, null, [1, 2])."""
     if not isinstance(value, str):
         return value
-    parsed = yaml.safe_load(value) if value != "" else ""
+    parsed = _yaml_value(value) if value != "" else ""
     default = FIELDS[name].default
     if isinstance(default, str) and not isinstance(parsed, str) and parsed is not None:
         return value  # e.g. model: "50" stays a string
     if FIELDS[name].type == "str | None" and parsed is not None:
-        return value  # a path or name: teacher=2024-01-01 or out=123 stay strings; null still clears it
+        return value  # a path or name: init_from=2024-01-01 or out=123 stay strings; null still clears it
+    if name == "teacher" and not isinstance(parsed, list) and parsed is not None:
+        return value  # one name or a +-joined ensemble, split by apply()
     if isinstance(default, float) and isinstance(parsed, int) and not isinstance(parsed, bool):
         return float(parsed)
     return parsed
 
 
+# Settings of earlier reslab versions, read from the config.yaml of their runs: old name -> new name.
+# (warmup_iterations and warmup_fraction became one ``warmup``; the recorded hashes moved to run.json.)
+RUN_FACTS = ("init_from_sha256", "teacher_sha256")
+
+
+def _renamed(values: dict[str, Any]) -> dict[str, Any]:
+    values = {k: v for k, v in values.items() if k not in RUN_FACTS}
+    steps, fraction = values.pop("warmup_iterations", None), values.pop("warmup_fraction", None)
+    if "warmup" not in values and (steps or fraction):
+        values["warmup"] = steps or fraction  # the old rule: iterations when set, else the fraction
+    return values
+
+
 def apply(config: TrainConfig, values: dict[str, Any], where: str) -> TrainConfig:
-    unknown = sorted(set(values) - set(FIELDS))
+    unknown = sorted(set(_renamed(values)) - set(FIELDS))
     if unknown:
         raise ConfigError(f"{where}: unknown setting(s) {', '.join(unknown)}")
-    changes = {k: _coerce(k, v) for k, v in values.items()}
+    changes = {k: _coerce(k, v) for k, v in _renamed(values).items()}
+    if isinstance(changes.get("teacher"), str):
+        from .distill import teacher_sources
+
+        changes["teacher"] = teacher_sources(changes["teacher"])
     for key, value in changes.items():
         if key == "model_options" and not isinstance(value, dict):
             raise ConfigError(f"{where}: model_options must be a mapping")
@@ -223,27 +256,14 @@ def parse_overrides(pairs: list[str]) -> dict[str, Any]:
         key, value = pair.split("=", 1)
         key = key.strip().replace("-", "_")
         if key.startswith("model_options."):
-            values.setdefault("model_options", {})[key.split(".", 1)[1]] = yaml.safe_load(value)
+            values.setdefault("model_options", {})[key.split(".", 1)[1]] = _yaml_value(value)
         else:
             values[key] = value
     return values
 
 
 def load_yaml(path: str | Path) -> dict[str, Any]:
-    path = Path(path)
-    try:
-        data = yaml.safe_load(path.read_text())
-    except FileNotFoundError:
-        raise ConfigError(f"{path}: no such config file") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"{path}: cannot read ({exc})") from None
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML: {str(exc).strip().splitlines()[0]}") from None
-    if data is None:
-        return {}
-    if not isinstance(data, dict):
-        raise ConfigError(f"{path}: the top level must be a mapping of settings")
-    return data
+    return read_yaml_mapping(path, ConfigError, "config file")
 
 
 def resolve(recipe: str | None = None, file: str | Path | None = None,
@@ -256,10 +276,29 @@ def resolve(recipe: str | None = None, file: str | Path | None = None,
     name = overrides.pop("recipe", None) or recipe or file_values.pop("recipe", None) or "paper"
     file_values.pop("recipe", None)
     config = TrainConfig()
-    model_hint = overrides.get("model") or file_values.get("model") or config.model
-    config = apply(config, {**recipe_values(str(name), str(model_hint)), "recipe": name}, f"recipe {name}")
+    model = overrides.get("model") or file_values.get("model")
+    init_from = overrides.get("init_from") or file_values.get("init_from")
+    options = {**_mapping(file_values.get("model_options")), **_mapping(overrides.get("model_options"))}
+    # The depth decides the paper's warm-up; a network taken from an init_from file is already trained.
+    depth = None if model is None and init_from else _depth(str(model or DEFAULT_MODEL), options)
+    config = apply(config, {**recipe_values(str(name), depth), "recipe": name}, f"recipe {name}")
     config = apply(config, file_values, str(file)) if file_values else config
     if "model_options" in overrides and isinstance(overrides["model_options"], dict):
         overrides["model_options"] = {**config.model_options, **overrides["model_options"]}
     config = apply(config, overrides, "command line") if overrides else config
     return config.validate()
+
+
+def _mapping(value: Any) -> dict[str, Any]:
+    return value if isinstance(value, dict) else {}
+
+
+def _depth(model: str, options: dict[str, Any]) -> int | None:
+    """The network's depth as the paper counts it, whatever it is called (a name, a family plus a depth,
+    a spec file); None when the model does not resolve (training then says why, in one line)."""
+    from ..models.registry import resolve_spec
+
+    try:
+        return resolve_spec(model, **options).depth
+    except (SpecError, TypeError, ValueError):
+        return None

@@ -16,6 +16,7 @@ fails, so a dead peer brings the others down instead of hanging them.
 
 from __future__ import annotations
 
+import contextlib
 import os
 from dataclasses import dataclass
 from datetime import timedelta
@@ -59,6 +60,11 @@ def setup(device_type: str) -> DistContext:
     return DistContext(rank, world_size, local_rank)
 
 
+def elastic_restart() -> bool:
+    """True in a worker that torchrun restarted after a failure (it should resume)."""
+    return int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")) > 0
+
+
 def teardown(ctx: DistContext) -> None:
     if ctx.enabled and dist.is_initialized():
         dist.destroy_process_group()
@@ -74,6 +80,14 @@ def wrap(model: nn.Module, ctx: DistContext, device: torch.device, sync_bn: bool
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
     device_ids = [device.index if device.index is not None else ctx.local_rank] if device.type == "cuda" else None
     return nn.parallel.DistributedDataParallel(model, device_ids=device_ids)
+
+
+def sync_gradients(module: nn.Module, ctx: DistContext, sync: bool) -> contextlib.AbstractContextManager:
+    """Where backward() runs: DDP's ``no_sync()`` unless ``sync``, so the gradients of a step's earlier
+    micro-batches add up locally and are all-reduced once, with the last."""
+    if sync or not ctx.enabled:
+        return contextlib.nullcontext()
+    return module.no_sync()
 
 
 def all_sum(tensors: list[torch.Tensor], ctx: DistContext) -> None:

@@ -52,7 +52,10 @@ def check_before_launch(config: TrainConfig) -> None:
     options. A worker's error would otherwise come once per worker, then as torchrun's failure report."""
     from ..models.registry import resolve_spec
 
-    resolve_spec(config.model, **config.model_options)
+    from .config import DEFAULT_MODEL
+
+    if config.model or not config.init_from:
+        resolve_spec(config.model or DEFAULT_MODEL, **config.model_options)
 
 
 def launch_torchrun(nproc: int, argv: list[str]) -> int:

@@ -57,7 +57,12 @@ def milestone_steps(milestones: Sequence[float], total_steps: int) -> tuple[int,
     return tuple(int(m) for m in milestones)
 
 
+def warmup_steps(warmup: float, total_steps: int) -> int:
+    """The linear warm-up's length: ``warmup`` steps, or below 1 that fraction of the run."""
+    return round(warmup * total_steps) if warmup < 1 else int(warmup)
+
+
 def schedule_for(config, total_steps: int) -> Schedule:
-    warmup = config.warmup_iterations or round(config.warmup_fraction * total_steps)
+    warmup = warmup_steps(config.warmup, total_steps)
     return Schedule(config.schedule, config.lr, total_steps, milestone_steps(config.milestones, total_steps),
                     config.gamma, warmup, config.warmup_start_factor, config.warmup_lr)

@@ -1,4 +1,4 @@
-"""A one-line live progress bar (images/s, ETA) on a terminal; plain lines elsewhere."""
+"""What a run says while it trains: lines, and a one-line live progress bar (images/s, ETA) on a terminal."""
 
 from __future__ import annotations
 
@@ -14,8 +14,11 @@ def format_seconds(seconds: float) -> str:
     return f"{h}:{m:02d}:{s:02d}" if h else f"{m}:{s:02d}"
 
 
-class Progress:
-    def __init__(self, total_steps: int, quiet: bool = False, stream: TextIO | None = None):
+class Console:
+    """The run's one voice: ``line`` for messages, ``bar`` for the live bar (terminals only); silent
+    when ``quiet`` (and on every process but rank 0). ``total_steps`` is set once the run knows it."""
+
+    def __init__(self, quiet: bool = False, stream: TextIO | None = None, total_steps: int = 0):
         self.total = total_steps
         self.quiet = quiet
         self.stream = stream or sys.stderr
@@ -23,7 +26,7 @@ class Progress:
         self.started = time.monotonic()
         self.start_step: int | None = None
 
-    def update(self, step: int, epoch: int, images_per_s: float, loss: float, lr: float) -> None:
+    def bar(self, step: int, epoch: int, images_per_s: float, loss: float, lr: float) -> None:
         if not self.live:
             return
         if self.start_step is None:
