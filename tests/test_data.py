@@ -5,6 +5,7 @@ import hashlib
 import http.server
 import io
 import os
+import pickle
 import subprocess
 import sys
 import tarfile
@@ -28,7 +29,8 @@ from reslab.errors import DataError
 
 # ---- CIFAR --------------------------------------------------------------------------------
 @pytest.mark.parametrize("str_keys", [False, True])
-def test_cifar_archive_loads_with_bytes_or_str_keys(tmp_path, str_keys):
+def test_cifar_archive_loads_with_bytes_or_str_keys(tmp_path, str_keys, monkeypatch):
+    monkeypatch.setenv("RESLAB_SKIP_MD5", "1")  # a test-made archive, not the published one
     src = write_cifar_folder(tmp_path / "src", per_batch=20, str_keys=str_keys)
     root = tmp_path / "root"
     root.mkdir()
@@ -72,7 +74,8 @@ def test_cifar_without_test_split_says_so(tmp_path):
         load_dataset("cifar10", "test", DataOptions(root=str(tmp_path)))
 
 
-def test_truncated_pickle_and_wrong_archive(tmp_path):
+def test_truncated_pickle_and_wrong_archive(tmp_path, monkeypatch):
+    monkeypatch.setenv("RESLAB_SKIP_MD5", "1")  # test-made archives
     folder = write_cifar_folder(tmp_path / "a")
     blob = (folder / "data_batch_3").read_bytes()
     (folder / "data_batch_3").write_bytes(blob[: len(blob) // 2])
@@ -84,7 +87,7 @@ def test_truncated_pickle_and_wrong_archive(tmp_path):
         info = tarfile.TarInfo("something-else/readme.txt")
         info.size = 2
         tar.addfile(info, io.BytesIO(b"hi"))
-    with pytest.raises(DataError, match="not a cifar10 archive"):
+    with pytest.raises(DataError, match="no cifar-10-batches-py/ folder inside"):
         load_dataset("cifar10", "train", DataOptions(root=str(root)))
     (root / "cifar-10-python.tar.gz").write_bytes(b"not a tar at all")
     with pytest.raises(DataError, match="not a readable tar"):
@@ -100,7 +103,7 @@ def test_hostile_tar_is_refused_and_writes_nothing(tmp_path):
             tar.addfile(info, io.BytesIO(b"x"))
     dest = tmp_path / "dest"
     with pytest.raises(DataError, match="unsafe archive member"):
-        safe_extract(archive, dest)
+        safe_extract(archive, dest, "ok")
     assert not (tmp_path / "escaped.txt").exists()
     assert not (dest / "ok").exists()
     link = tmp_path / "link.tar"
@@ -109,12 +112,87 @@ def test_hostile_tar_is_refused_and_writes_nothing(tmp_path):
         info.type, info.linkname = tarfile.SYMTYPE, "/etc/passwd"
         tar.addfile(info)
     with pytest.raises(DataError, match="unsafe"):
-        safe_extract(link, dest)
+        safe_extract(link, dest, "sneaky")
 
 
 def test_label_out_of_range_is_a_data_error():
     with pytest.raises(DataError, match="label index 12 is out of range for 10 classes"):
         ImageArrays(torch.zeros(3, 1, 4, 4, dtype=torch.uint8), torch.tensor([0, 12, 1]), list("abcdefghij"), "x")
+
+
+class _RunsCode:
+    """Unpickling this would create ``path``: what a hostile dataset file could do."""
+
+    def __init__(self, path):
+        self.path = str(path)
+
+    def __reduce__(self):
+        return (open, (self.path, "w"))
+
+
+@pytest.mark.parametrize("victim", ["data_batch_2", "batches.meta"])
+def test_pickle_that_would_run_code_is_refused_and_named(tmp_path, victim):
+    folder = write_cifar_folder(tmp_path / "root")
+    marker = tmp_path / "marker"
+    with open(folder / victim, "wb") as f:
+        pickle.dump({b"data": _RunsCode(marker), b"label_names": [_RunsCode(marker)]}, f, protocol=2)
+    with pytest.raises(DataError, match=f"{victim}: refused to open: the pickle asks to run io.open") as info:
+        load_dataset("cifar10", "trainval", DataOptions(root=str(tmp_path / "root")))
+    assert "\n" not in str(info.value)
+    assert not marker.exists()
+
+
+def test_hostile_pickle_inside_a_found_archive_is_refused(tmp_path, monkeypatch):
+    monkeypatch.setenv("RESLAB_SKIP_MD5", "1")  # the hostile archive is "the user's own copy"
+    src = write_cifar_folder(tmp_path / "src")
+    marker = tmp_path / "marker"
+    with open(src / "data_batch_1", "wb") as f:
+        pickle.dump({b"data": _RunsCode(marker)}, f, protocol=2)
+    (tmp_path / "root").mkdir()
+    make_archive(src, tmp_path / "root" / "cifar-10-python.tar.gz")
+    with pytest.raises(DataError, match="data_batch_1: refused to open"):
+        load_dataset("cifar10", "trainval", DataOptions(root=str(tmp_path / "root")))
+    assert not marker.exists()
+
+
+def test_official_format_pickles_still_load_through_the_restricted_unpickler(tiny_cifar):
+    data = load_dataset("cifar10", "trainval", DataOptions(root=str(tiny_cifar)))
+    with open(tiny_cifar / "cifar-10-batches-py" / "data_batch_1", "rb") as f:
+        raw = pickle.load(f, encoding="bytes")  # the test's own file: plain pickle is fine here
+    assert torch.equal(data.images[:20].flatten(1), torch.from_numpy(raw[b"data"]))
+    assert data.classes[3] == "cat"
+
+
+def test_found_archive_needs_the_published_md5_unless_skipped(tmp_path, monkeypatch):
+    src = write_cifar_folder(tmp_path / "src")
+    root = tmp_path / "root"
+    root.mkdir()
+    archive = make_archive(src, root / "cifar-10-python.tar.gz")
+    with pytest.raises(DataError) as info:
+        load_dataset("cifar10", "trainval", DataOptions(root=str(root), download=False))
+    message = str(info.value)
+    assert str(archive) in message and "published" in message and "RESLAB_SKIP_MD5=1" in message
+    assert "\n" not in message
+    assert not (root / "cifar-10-batches-py").exists()
+    monkeypatch.setenv("RESLAB_SKIP_MD5", "1")
+    assert len(load_dataset("cifar10", "trainval", DataOptions(root=str(root), download=False))) == 100
+
+
+def test_extraction_touches_nothing_but_the_datasets_own_folder(tmp_path, monkeypatch):
+    monkeypatch.setenv("RESLAB_SKIP_MD5", "1")
+    src = write_cifar_folder(tmp_path / "src" / "a")
+    (tmp_path / "src" / "mnist").mkdir()
+    (tmp_path / "src" / "mnist" / "x").write_text("from the archive")
+    root = tmp_path / "root"
+    (root / "mnist").mkdir(parents=True)
+    (root / "mnist" / "keep.txt").write_text("the user's")
+    with tarfile.open(root / "cifar-10-python.tar.gz", "w:gz") as tar:
+        tar.add(src, arcname=src.name)
+        tar.add(tmp_path / "src" / "mnist", arcname="mnist")
+    assert len(load_dataset("cifar10", "trainval", DataOptions(root=str(root)))) == 100
+    assert (root / "mnist" / "keep.txt").read_text() == "the user's"
+    assert not (root / "mnist" / "x").exists()
+    assert sorted(p.name for p in root.iterdir()) == ["cifar-10-batches-py", "cifar-10-python.tar.gz", "mnist"]
 
 
 # ---- downloads against a local server -----------------------------------------------------
