@@ -539,3 +539,72 @@ def test_cli_training_on_a_strict_folder_fails_with_one_line(tmp_path, photo_fol
                              "--batch-size", "4", "--strict", "--out", str(tmp_path / "run")],
                             capture_output=True, text=True, timeout=120)
     assert result.returncode == 2 and "non-image file" in result.stderr and "Traceback" not in result.stderr
+
+
+# ---- images that are not what they seem -----------------------------------------------------
+def test_16_bit_png_decodes_to_the_same_gradient_as_its_8_bit_version(tmp_path):
+    from reslab.data.folder import decode_image
+
+    gradient16 = (np.arange(32 * 32, dtype=np.uint32).reshape(32, 32) * 64).astype(np.uint16)
+    Image.fromarray(gradient16).save(tmp_path / "deep.png")
+    Image.fromarray((gradient16 >> 8).astype(np.uint8)).save(tmp_path / "flat.png")
+    assert Image.open(tmp_path / "deep.png").mode.startswith("I")
+    deep = decode_image(tmp_path / "deep.png", 3, None).astype(int)
+    flat = decode_image(tmp_path / "flat.png", 3, None).astype(int)
+    assert deep.min() == 0 and deep.max() >= 250  # a gradient, not Pillow's clipped white
+    assert np.abs(deep - flat).max() <= 1
+
+
+def test_float_tiff_spans_0_to_255_by_its_own_range(tmp_path):
+    from reslab.data.folder import decode_image
+
+    ramp = np.linspace(-3.0, 500.0, 16 * 16, dtype=np.float32).reshape(16, 16)
+    Image.fromarray(ramp).save(tmp_path / "ramp.tif")
+    decoded = decode_image(tmp_path / "ramp.tif", 1, None)[0]
+    assert decoded[0, 0] == 0 and decoded[-1, -1] == 255
+    assert np.all(np.diff(decoded.astype(int).flatten()) >= 0)
+
+
+def test_strict_run_does_not_get_a_cache_built_without_strict(photo_folder):
+    (photo_folder / "dogs" / "broken.jpg").write_bytes(b"\xff\xd8 garbage")
+    with pytest.warns(UserWarning, match="unreadable"):
+        assert len(load_dataset(photo_folder, "trainval")) == 12  # builds the cache, skipping broken.jpg
+    with pytest.raises(DataError, match="broken.jpg .*--strict"):
+        load_dataset(photo_folder, "trainval", DataOptions(strict=True))
+
+
+def test_a_single_class_folder_is_refused(tmp_path):
+    for i in range(4):
+        save(tmp_path / "only" / "cats" / f"{i}.png", "RGB", (8, 8), 20 * i)
+    with pytest.raises(DataError, match=r"only one class folder \(cats/\); a classifier needs at least 2"):
+        load_dataset(tmp_path / "only", "train")
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="no named pipes on this platform")
+def test_named_pipe_is_never_opened(photo_folder):
+    from reslab.data.folder import decode_image
+
+    os.mkfifo(photo_folder / "cats" / "pipe.png")
+    with pytest.raises(DataError, match="pipe.png: a named pipe, not a regular file"):
+        decode_image(photo_folder / "cats" / "pipe.png", 3, None)  # returns at once: nobody writes to it
+    with pytest.warns(UserWarning, match="non-image file.*cats/pipe.png"):
+        assert len(load_dataset(photo_folder, "trainval")) == 12
+    with pytest.raises(DataError, match="pipe.png .*--strict"):
+        load_dataset(photo_folder, "trainval", DataOptions(strict=True))
+
+
+def test_image_over_the_pixel_limit_says_so_and_how_to_raise_it(tmp_path, monkeypatch):
+    from reslab.data.folder import decode_image
+
+    save(tmp_path / "big.png", "RGB", (12, 12))  # 144 pixels
+    monkeypatch.setenv("RESLAB_MAX_IMAGE_PIXELS", "50")  # over twice the limit: Pillow's error
+    with pytest.raises(DataError, match=r"big.png: more pixels than the limit of 50 .*RESLAB_MAX_IMAGE_PIXELS"):
+        decode_image(tmp_path / "big.png", 3, None)
+    monkeypatch.setenv("RESLAB_MAX_IMAGE_PIXELS", "200")
+    assert decode_image(tmp_path / "big.png", 3, None).shape == (3, 12, 12)
+    monkeypatch.setenv("RESLAB_MAX_IMAGE_PIXELS", "80")  # over the limit, under twice: the warning variant
+    with pytest.raises(DataError, match="more pixels than the limit of 80"):
+        decode_image(tmp_path / "big.png", 3, None)
+    monkeypatch.setenv("RESLAB_MAX_IMAGE_PIXELS", "lots")
+    with pytest.raises(DataError, match="RESLAB_MAX_IMAGE_PIXELS must be a positive number"):
+        decode_image(tmp_path / "big.png", 3, None)
