@@ -122,7 +122,8 @@ def safe_extract(archive: Path, dest: Path, folder: str) -> Path:
             finally:
                 shutil.rmtree(staging, ignore_errors=True)
     except (tarfile.TarError, EOFError, OSError) as exc:
-        raise DataError(f"{archive}: not a readable tar archive ({exc})") from None
+        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0].rstrip(":")  # tarfile's can span lines
+        raise DataError(f"{archive}: not a readable tar archive ({reason})") from None
     return final
 
 
