@@ -4,6 +4,7 @@ loaded with ``weights_only=True`` (no code runs when a file is opened)."""
 from __future__ import annotations
 
 import pickle
+import struct
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -78,7 +79,8 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
         raise CheckpointError(f"{path}: no such checkpoint")
     try:
         payload = torch.load(path, map_location=map_location, weights_only=True)
-    except (pickle.UnpicklingError, zipfile.BadZipFile, EOFError, RuntimeError, OSError, ValueError) as exc:
+    except (pickle.UnpicklingError, zipfile.BadZipFile, EOFError, RuntimeError, OSError, ValueError, IndexError,
+            KeyError, TypeError, AttributeError, struct.error) as exc:  # what arbitrary bytes make torch.load raise
         raise CheckpointError(f"{path}: not a readable checkpoint (corrupt, truncated, or not a PyTorch file: "
                               f"{type(exc).__name__})") from None
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:

@@ -11,7 +11,7 @@ import os
 import sys
 import warnings
 from pathlib import Path
-from typing import Sequence
+from typing import NoReturn, Sequence
 
 from . import __version__
 from .errors import ReslabError
@@ -253,7 +253,8 @@ def cmd_export(args: argparse.Namespace) -> None:
     from .checkpoint import checkpoint_dataset, load_checkpoint
 
     checkpoint = load_checkpoint(args.checkpoint)
-    out = args.out or str(checkpoint.path.with_suffix(".onnx" if args.format == "onnx" else ".torchscript.pt"))
+    out = _output_file(Path(args.out or checkpoint.path.with_suffix(".onnx" if args.format == "onnx" else ".torchscript.pt")),
+                       "--out")
     try:
         arrays = checkpoint_dataset(checkpoint, None, None, "val")
         images, source = arrays.images[:16], f"16 {arrays.name} images"
@@ -272,6 +273,29 @@ def cmd_export(args: argparse.Namespace) -> None:
         print(f"max |logits difference| vs PyTorch on {source}: {result.max_abs_diff:.3g} ({result.checked_with})")
 
 
+def _output_file(path: Path, flag: str) -> Path:
+    """``path`` if a file can be written there, else one line saying why (not a traceback later)."""
+    if path.is_dir():
+        raise ReslabError(f"{flag} {path}: is a folder; name a file")
+    _check_writable_parent(path, flag)
+    return path
+
+
+def _output_folder(path: Path, flag: str) -> Path:
+    if path.exists() and not path.is_dir():
+        raise ReslabError(f"{flag} {path}: is a file; name a folder (new or existing)")
+    _check_writable_parent(path, flag)
+    return path
+
+
+def _check_writable_parent(path: Path, flag: str) -> None:
+    existing = next(p for p in path.absolute().parents if p.exists())  # what the write will create under
+    if not existing.is_dir():
+        raise ReslabError(f"{flag} {path}: {existing} is a file, so nothing can be written under it")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise ReslabError(f"{flag} {path}: no permission to write in {existing}")
+
+
 def _ints(text: str) -> list[int]:
     from .errors import ConfigError
 
@@ -285,7 +309,7 @@ def cmd_experiment(args: argparse.Namespace) -> None:
     from .analysis import experiments
     from .train.config import parse_overrides
 
-    out = Path(args.out or f"runs/experiment-{args.name}")
+    out = _output_folder(Path(args.out or f"runs/experiment-{args.name}"), "--out")
     settings = experiments.ExperimentSettings(out=out, data=args.data, data_root=args.data_root, budget=args.budget,
                                               recipe=args.recipe, eval_split=args.eval_split, jobs=args.jobs,
                                               extra=parse_overrides(args.set or []), quiet=args.quiet)
@@ -306,14 +330,14 @@ def cmd_analyze(args: argparse.Namespace) -> None:
     from .fileio import atomic_write_text
     from .checkpoint import checkpoint_dataset, load_checkpoint
 
-    out = Path(args.out or "runs/responses")
-    out.mkdir(parents=True, exist_ok=True)
+    out = _output_folder(Path(args.out or "runs/responses"), "--out")
     results = {}
     for path in args.checkpoints:
         checkpoint = load_checkpoint(path)
         arrays = checkpoint_dataset(checkpoint, args.data, args.data_root, args.split)
         label = checkpoint.spec.name if checkpoint.spec.name not in results else f"{checkpoint.spec.name} ({path})"
         results[label] = layer_responses(checkpoint.build_model(), EvalLoader(arrays, 500, checkpoint.normalizer))
+    out.mkdir(parents=True, exist_ok=True)  # only now: a bad checkpoint or dataset leaves no empty folder
     lines = ["model,layer,name,std"] + [f"{m},{r.index},{r.name},{r.std:.6g}" for m, rs in results.items() for r in rs]
     atomic_write_text("\n".join(lines) + "\n", out / "responses.csv")
     response_figure(results, out / "responses.png")
@@ -331,6 +355,8 @@ def cmd_deepen(args: argparse.Namespace) -> None:
     from .checkpoint import Checkpoint, checkpoint_dataset, load_checkpoint, save_checkpoint
 
     source = load_checkpoint(args.checkpoint)
+    if args.out:
+        _output_file(Path(args.out), "--out")  # before the work, not after it
     model = source.build_model()
     stages = [s - 1 for s in _ints(args.where)] if args.where else None
     result = deepen(model, args.add, stages)
@@ -339,7 +365,7 @@ def cmd_deepen(args: argparse.Namespace) -> None:
     batches = list(EvalLoader(sample, 250, source.normalizer))
     diffs = {mode: max_output_difference(model, result.model, batches, train_mode=mode == "train")
              for mode in ("eval", "train")}
-    out = Path(args.out or source.path.parent / f"deepened-{result.spec.name}.pt")
+    out = _output_file(Path(args.out or source.path.parent / f"deepened-{result.spec.name}.pt"), "--out")
     config = dict(source.config)
     save_checkpoint(Checkpoint(spec=result.spec, classes=source.classes, normalizer=source.normalizer,
                                input_size=source.input_size, model_state=result.model.state_dict(),
@@ -354,6 +380,14 @@ def cmd_deepen(args: argparse.Namespace) -> None:
     print(f"wrote {out}; continue training with: reslab train --init-from {out} --data {config.get('data')}")
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, with a mistake in the command line reported in one line like every other error (the
+    usage is one --help away)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def _add_inference_flags(p: argparse.ArgumentParser) -> None:
     # Choices repeat inference.PRECISIONS / TTA_MODES so that parsing flags does not import torch.
     p.add_argument("--precision", choices=["float32", "bfloat16"], default="float32",
@@ -364,7 +398,7 @@ def _add_inference_flags(p: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="reslab", description="Deep residual networks: build, train, study, use.")
+    parser = _Parser(prog="reslab", description="Deep residual networks: build, train, study, use.")
     parser.add_argument("--version", action="version", version=f"reslab {__version__}")
     verbs = parser.add_subparsers(dest="verb", required=True, metavar="VERB")
 

@@ -1,6 +1,7 @@
 """The "make your own ResNet" builder and YAML/JSON specs."""
 
 import json
+import time
 
 import pytest
 import torch
@@ -155,3 +156,32 @@ def test_bad_specs_name_the_problem(tmp_path, text, message):
 def test_missing_spec_file(tmp_path):
     with pytest.raises(SpecError, match="no such file"):
         reslab.resolve_spec(tmp_path / "nope.yaml")
+
+
+@pytest.mark.parametrize("text, blocks", [
+    ("layers:\n  - init_block: {channels: 16}\n  - residual_block: {channels: 16, repeat: 100000}\n  - fc: {}\n",
+     "100,000"),
+    ("layers:\n  - init_block: {channels: 100000}\n  - residual_block: {channels: 100000}\n  - fc: {}\n", "1"),
+    ("model: resnet\ndepth: 600002\n", "300,000"),
+])
+def test_absurd_specs_are_refused_before_anything_is_built(tmp_path, text, blocks):
+    path = tmp_path / "huge.yaml"
+    path.write_text(text)
+    started = time.monotonic()
+    with pytest.raises(SpecError, match=f"huge.yaml: too large to build: about {blocks} residual blocks"):
+        reslab.create_model(str(path))
+    assert time.monotonic() - started < 1.0
+
+
+def test_resnet1202_spec_is_within_the_size_limits(tmp_path):
+    from reslab.models.spec import MAX_BLOCKS, MAX_PARAMS, estimate_size
+
+    layers = [{"init_block": {"channels": 16}}] + [
+        {"residual_block": {"channels": w, "stride": 1 if w == 16 else 2, "repeat": 200}} for w in (16, 32, 64)
+    ] + [{"fc": {}}]
+    blocks, params = estimate_size({"layers": layers})
+    assert blocks == 600 and 1.9e7 < params < 2e7  # the estimate is close to the true 19,421,274
+    assert blocks < MAX_BLOCKS / 10 and params < MAX_PARAMS / 100
+    path = tmp_path / "r1202.yaml"
+    path.write_text("model: resnet\ndepth: 1202\n")
+    assert reslab.summarize(str(path)).params == 19_421_274

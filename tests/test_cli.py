@@ -1,6 +1,8 @@
 """The command line: output, JSON, and one-line errors with a non-zero exit."""
 
 import json
+import subprocess
+import sys
 
 import pytest
 
@@ -62,3 +64,30 @@ def test_user_errors_are_one_line_and_exit_2(args, message):
 def test_bad_flag_exits_non_zero_without_traceback():
     result = run_cli("summary", "resnet20", "--shortcut", "D")
     assert result.returncode != 0 and "Traceback" not in result.stderr
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals")
+def test_ctrl_c_while_starting_is_one_quiet_line():
+    import signal
+    import time
+
+    # 0.3 s in, `python -m reslab` is still importing PyTorch (seconds on a small machine): before the
+    # entry point made Ctrl-C quiet, this ended in a KeyboardInterrupt traceback from inside an import.
+    started = time.monotonic()
+    process = subprocess.Popen([sys.executable, "-m", "reslab", "summary", "resnet20"], stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True)
+    time.sleep(0.3)
+    process.send_signal(signal.SIGINT)
+    out, err = process.communicate(timeout=10)
+    assert process.returncode == 130, err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1 and "interrupted" in err
+    assert out == "" and time.monotonic() - started < 3
+
+
+def test_command_line_mistakes_are_one_line_too(capsys):
+    with pytest.raises(SystemExit) as info:
+        main(["predict", "x.png", "--top-k", "three"])
+    err = capsys.readouterr().err
+    assert info.value.code == 2
+    assert err.strip() == ("reslab predict: error: argument --top-k: invalid int value: 'three' "
+                           "(see reslab predict --help)")

@@ -173,3 +173,20 @@ def test_wrong_model_is_a_clear_error():
         load_foreign_weights(reslab.create_model("resnet20", num_classes=100), original.state_dict())
     with pytest.raises(CheckpointError, match="no state dict"):
         load_foreign_weights(reslab.create_model("resnet20"), {"epoch": 3})
+
+
+def test_weights_saved_before_pytorch_0_4_1_lack_only_the_batch_counters():
+    torch.manual_seed(0)
+    original = randomise_bn(CifarLayout(3, "A"))
+    old = {k: v for k, v in original.state_dict().items() if not k.endswith("num_batches_tracked")}
+    assert len(old) < len(original.state_dict())  # the file really lacks the counters
+    ours = reslab.create_model("resnet20").eval()
+    load_foreign_weights(ours, {"state_dict": old})
+    counters = [v for k, v in ours.state_dict().items() if k.endswith("num_batches_tracked")]
+    assert counters and all(int(c) == 0 for c in counters)
+    x = torch.randn(4, 3, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(ours(x), original(x), rtol=1e-4, atol=1e-4)
+    del old["bn1.running_var"]  # any other missing key is still refused
+    with pytest.raises(CheckpointError, match=r"1 missing \(e.g. stem.bn.running_var\)"):
+        load_foreign_weights(reslab.create_model("resnet20"), old)

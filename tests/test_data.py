@@ -5,6 +5,7 @@ import hashlib
 import http.server
 import io
 import os
+import pickle
 import subprocess
 import sys
 import tarfile
@@ -27,7 +28,8 @@ from reslab.errors import DataError
 
 # ---- CIFAR --------------------------------------------------------------------------------
 @pytest.mark.parametrize("str_keys", [False, True])
-def test_cifar_archive_loads_with_bytes_or_str_keys(tmp_path, str_keys):
+def test_cifar_archive_loads_with_bytes_or_str_keys(tmp_path, str_keys, monkeypatch):
+    monkeypatch.setenv("RESLAB_SKIP_MD5", "1")  # a test-made archive, not the published one
     src = write_cifar_folder(tmp_path / "src", per_batch=20, str_keys=str_keys)
     root = tmp_path / "root"
     root.mkdir()
@@ -71,7 +73,8 @@ def test_cifar_without_test_split_says_so(tmp_path):
         load_dataset("cifar10", "test", DataOptions(root=str(tmp_path)))
 
 
-def test_truncated_pickle_and_wrong_archive(tmp_path):
+def test_truncated_pickle_and_wrong_archive(tmp_path, monkeypatch):
+    monkeypatch.setenv("RESLAB_SKIP_MD5", "1")  # test-made archives
     folder = write_cifar_folder(tmp_path / "a")
     blob = (folder / "data_batch_3").read_bytes()
     (folder / "data_batch_3").write_bytes(blob[: len(blob) // 2])
@@ -83,7 +86,7 @@ def test_truncated_pickle_and_wrong_archive(tmp_path):
         info = tarfile.TarInfo("something-else/readme.txt")
         info.size = 2
         tar.addfile(info, io.BytesIO(b"hi"))
-    with pytest.raises(DataError, match="not a cifar10 archive"):
+    with pytest.raises(DataError, match="no cifar-10-batches-py/ folder inside"):
         load_dataset("cifar10", "train", DataOptions(root=str(root)))
     (root / "cifar-10-python.tar.gz").write_bytes(b"not a tar at all")
     with pytest.raises(DataError, match="not a readable tar"):
@@ -99,7 +102,7 @@ def test_hostile_tar_is_refused_and_writes_nothing(tmp_path):
             tar.addfile(info, io.BytesIO(b"x"))
     dest = tmp_path / "dest"
     with pytest.raises(DataError, match="unsafe archive member"):
-        safe_extract(archive, dest)
+        safe_extract(archive, dest, "ok")
     assert not (tmp_path / "escaped.txt").exists()
     assert not (dest / "ok").exists()
     link = tmp_path / "link.tar"
@@ -108,12 +111,87 @@ def test_hostile_tar_is_refused_and_writes_nothing(tmp_path):
         info.type, info.linkname = tarfile.SYMTYPE, "/etc/passwd"
         tar.addfile(info)
     with pytest.raises(DataError, match="unsafe"):
-        safe_extract(link, dest)
+        safe_extract(link, dest, "sneaky")
 
 
 def test_label_out_of_range_is_a_data_error():
     with pytest.raises(DataError, match="label index 12 is out of range for 10 classes"):
         ImageArrays(torch.zeros(3, 1, 4, 4, dtype=torch.uint8), torch.tensor([0, 12, 1]), list("abcdefghij"), "x")
+
+
+class _RunsCode:
+    """Unpickling this would create ``path``: what a hostile dataset file could do."""
+
+    def __init__(self, path):
+        self.path = str(path)
+
+    def __reduce__(self):
+        return (open, (self.path, "w"))
+
+
+@pytest.mark.parametrize("victim", ["data_batch_2", "batches.meta"])
+def test_pickle_that_would_run_code_is_refused_and_named(tmp_path, victim):
+    folder = write_cifar_folder(tmp_path / "root")
+    marker = tmp_path / "marker"
+    with open(folder / victim, "wb") as f:
+        pickle.dump({b"data": _RunsCode(marker), b"label_names": [_RunsCode(marker)]}, f, protocol=2)
+    with pytest.raises(DataError, match=f"{victim}: refused to open: the pickle asks to run io.open") as info:
+        load_dataset("cifar10", "trainval", DataOptions(root=str(tmp_path / "root")))
+    assert "\n" not in str(info.value)
+    assert not marker.exists()
+
+
+def test_hostile_pickle_inside_a_found_archive_is_refused(tmp_path, monkeypatch):
+    monkeypatch.setenv("RESLAB_SKIP_MD5", "1")  # the hostile archive is "the user's own copy"
+    src = write_cifar_folder(tmp_path / "src")
+    marker = tmp_path / "marker"
+    with open(src / "data_batch_1", "wb") as f:
+        pickle.dump({b"data": _RunsCode(marker)}, f, protocol=2)
+    (tmp_path / "root").mkdir()
+    make_archive(src, tmp_path / "root" / "cifar-10-python.tar.gz")
+    with pytest.raises(DataError, match="data_batch_1: refused to open"):
+        load_dataset("cifar10", "trainval", DataOptions(root=str(tmp_path / "root")))
+    assert not marker.exists()
+
+
+def test_official_format_pickles_still_load_through_the_restricted_unpickler(tiny_cifar):
+    data = load_dataset("cifar10", "trainval", DataOptions(root=str(tiny_cifar)))
+    with open(tiny_cifar / "cifar-10-batches-py" / "data_batch_1", "rb") as f:
+        raw = pickle.load(f, encoding="bytes")  # the test's own file: plain pickle is fine here
+    assert torch.equal(data.images[:20].flatten(1), torch.from_numpy(raw[b"data"]))
+    assert data.classes[3] == "cat"
+
+
+def test_found_archive_needs_the_published_md5_unless_skipped(tmp_path, monkeypatch):
+    src = write_cifar_folder(tmp_path / "src")
+    root = tmp_path / "root"
+    root.mkdir()
+    archive = make_archive(src, root / "cifar-10-python.tar.gz")
+    with pytest.raises(DataError) as info:
+        load_dataset("cifar10", "trainval", DataOptions(root=str(root), download=False))
+    message = str(info.value)
+    assert str(archive) in message and "published" in message and "RESLAB_SKIP_MD5=1" in message
+    assert "\n" not in message
+    assert not (root / "cifar-10-batches-py").exists()
+    monkeypatch.setenv("RESLAB_SKIP_MD5", "1")
+    assert len(load_dataset("cifar10", "trainval", DataOptions(root=str(root), download=False))) == 100
+
+
+def test_extraction_touches_nothing_but_the_datasets_own_folder(tmp_path, monkeypatch):
+    monkeypatch.setenv("RESLAB_SKIP_MD5", "1")
+    src = write_cifar_folder(tmp_path / "src" / "a")
+    (tmp_path / "src" / "mnist").mkdir()
+    (tmp_path / "src" / "mnist" / "x").write_text("from the archive")
+    root = tmp_path / "root"
+    (root / "mnist").mkdir(parents=True)
+    (root / "mnist" / "keep.txt").write_text("the user's")
+    with tarfile.open(root / "cifar-10-python.tar.gz", "w:gz") as tar:
+        tar.add(src, arcname=src.name)
+        tar.add(tmp_path / "src" / "mnist", arcname="mnist")
+    assert len(load_dataset("cifar10", "trainval", DataOptions(root=str(root)))) == 100
+    assert (root / "mnist" / "keep.txt").read_text() == "the user's"
+    assert not (root / "mnist" / "x").exists()
+    assert sorted(p.name for p in root.iterdir()) == ["cifar-10-batches-py", "cifar-10-python.tar.gz", "mnist"]
 
 
 # ---- downloads against a local server -----------------------------------------------------
@@ -458,3 +536,72 @@ def test_cli_training_on_a_strict_folder_fails_with_one_line(tmp_path, photo_fol
                              "--batch-size", "4", "--strict", "--out", str(tmp_path / "run")],
                             capture_output=True, text=True, timeout=120)
     assert result.returncode == 2 and "non-image file" in result.stderr and "Traceback" not in result.stderr
+
+
+# ---- images that are not what they seem -----------------------------------------------------
+def test_16_bit_png_decodes_to_the_same_gradient_as_its_8_bit_version(tmp_path):
+    from reslab.data.folder import decode_image
+
+    gradient16 = (np.arange(32 * 32, dtype=np.uint32).reshape(32, 32) * 64).astype(np.uint16)
+    Image.fromarray(gradient16).save(tmp_path / "deep.png")
+    Image.fromarray((gradient16 >> 8).astype(np.uint8)).save(tmp_path / "flat.png")
+    assert Image.open(tmp_path / "deep.png").mode.startswith("I")
+    deep = decode_image(tmp_path / "deep.png", 3, None).astype(int)
+    flat = decode_image(tmp_path / "flat.png", 3, None).astype(int)
+    assert deep.min() == 0 and deep.max() >= 250  # a gradient, not Pillow's clipped white
+    assert np.abs(deep - flat).max() <= 1
+
+
+def test_float_tiff_spans_0_to_255_by_its_own_range(tmp_path):
+    from reslab.data.folder import decode_image
+
+    ramp = np.linspace(-3.0, 500.0, 16 * 16, dtype=np.float32).reshape(16, 16)
+    Image.fromarray(ramp).save(tmp_path / "ramp.tif")
+    decoded = decode_image(tmp_path / "ramp.tif", 1, None)[0]
+    assert decoded[0, 0] == 0 and decoded[-1, -1] == 255
+    assert np.all(np.diff(decoded.astype(int).flatten()) >= 0)
+
+
+def test_strict_run_does_not_get_a_cache_built_without_strict(photo_folder):
+    (photo_folder / "dogs" / "broken.jpg").write_bytes(b"\xff\xd8 garbage")
+    with pytest.warns(UserWarning, match="unreadable"):
+        assert len(load_dataset(photo_folder, "trainval")) == 12  # builds the cache, skipping broken.jpg
+    with pytest.raises(DataError, match="broken.jpg .*--strict"):
+        load_dataset(photo_folder, "trainval", DataOptions(strict=True))
+
+
+def test_a_single_class_folder_is_refused(tmp_path):
+    for i in range(4):
+        save(tmp_path / "only" / "cats" / f"{i}.png", "RGB", (8, 8), 20 * i)
+    with pytest.raises(DataError, match=r"only one class folder \(cats/\); a classifier needs at least 2"):
+        load_dataset(tmp_path / "only", "train")
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="no named pipes on this platform")
+def test_named_pipe_is_never_opened(photo_folder):
+    from reslab.data.folder import decode_image
+
+    os.mkfifo(photo_folder / "cats" / "pipe.png")
+    with pytest.raises(DataError, match="pipe.png: a named pipe, not a regular file"):
+        decode_image(photo_folder / "cats" / "pipe.png", 3, None)  # returns at once: nobody writes to it
+    with pytest.warns(UserWarning, match="non-image file.*cats/pipe.png"):
+        assert len(load_dataset(photo_folder, "trainval")) == 12
+    with pytest.raises(DataError, match="pipe.png .*--strict"):
+        load_dataset(photo_folder, "trainval", DataOptions(strict=True))
+
+
+def test_image_over_the_pixel_limit_says_so_and_how_to_raise_it(tmp_path, monkeypatch):
+    from reslab.data.folder import decode_image
+
+    save(tmp_path / "big.png", "RGB", (12, 12))  # 144 pixels
+    monkeypatch.setenv("RESLAB_MAX_IMAGE_PIXELS", "50")  # over twice the limit: Pillow's error
+    with pytest.raises(DataError, match=r"big.png: more pixels than the limit of 50 .*RESLAB_MAX_IMAGE_PIXELS"):
+        decode_image(tmp_path / "big.png", 3, None)
+    monkeypatch.setenv("RESLAB_MAX_IMAGE_PIXELS", "200")
+    assert decode_image(tmp_path / "big.png", 3, None).shape == (3, 12, 12)
+    monkeypatch.setenv("RESLAB_MAX_IMAGE_PIXELS", "80")  # over the limit, under twice: the warning variant
+    with pytest.raises(DataError, match="more pixels than the limit of 80"):
+        decode_image(tmp_path / "big.png", 3, None)
+    monkeypatch.setenv("RESLAB_MAX_IMAGE_PIXELS", "lots")
+    with pytest.raises(DataError, match="RESLAB_MAX_IMAGE_PIXELS must be a positive number"):
+        decode_image(tmp_path / "big.png", 3, None)

@@ -87,34 +87,50 @@ def download_file(url: str, dest: Path, md5: str | None = None, *, timeout: floa
                 break
 
 
-def safe_extract(archive: Path, dest: Path) -> None:
-    """Extract a tar (any compression) into ``dest``, refusing absolute paths, ``..``, links and
-    device files. Extracts into a temporary folder first, so a failure leaves ``dest`` untouched."""
+def _check_members(archive: Path, members: list[tarfile.TarInfo]) -> None:
+    for m in members:
+        parts = Path(m.name).parts
+        if m.name.startswith(("/", "\\")) or ".." in parts or not (m.isfile() or m.isdir()):
+            raise DataError(f"{archive}: refusing unsafe archive member {m.name!r}")
+
+
+def safe_extract(archive: Path, dest: Path, folder: str) -> Path:
+    """Extract the top-level ``folder`` of a tar (any compression) to ``dest / folder``; nothing else in
+    the archive is written. Refuses absolute paths, ``..``, links and device files.
+
+    The files go to a private temporary folder inside ``dest`` first, and only then is ``folder`` moved
+    into place, so a failure leaves ``dest`` untouched. An archive that also names other folders (a
+    user's ``mnist/`` beside CIFAR in the same data root) cannot touch them, and an existing
+    ``dest / folder`` is never replaced: this function does not know who filled it."""
     dest = Path(dest)
-    dest.mkdir(parents=True, exist_ok=True)
+    final = dest / folder
+    if final.exists() or final.is_symlink():
+        raise DataError(f"{final} already exists; move it away to extract {archive.name} there")
     try:
+        dest.mkdir(parents=True, exist_ok=True)
         with tarfile.open(archive) as tar:
             members = tar.getmembers()
-            for m in members:
-                parts = Path(m.name).parts
-                if m.name.startswith(("/", "\\")) or ".." in parts or not (m.isfile() or m.isdir()):
-                    raise DataError(f"{archive}: refusing unsafe archive member {m.name!r}")
+            _check_members(archive, members)
+            ours = [m for m in members if Path(m.name).parts[:1] == (folder,)]
+            if not ours:
+                raise DataError(f"{archive}: no {folder}/ folder inside")
             staging = Path(tempfile.mkdtemp(prefix=".extract-", dir=dest))
             try:
-                for m in members:
-                    target = staging / m.name
-                    if m.isdir():
-                        target.mkdir(parents=True, exist_ok=True)
-                        continue
-                    target.parent.mkdir(parents=True, exist_ok=True)
-                    with tar.extractfile(m) as src, open(target, "wb") as out:  # type: ignore[union-attr]
-                        shutil.copyfileobj(src, out)
-                for top in {Path(m.name).parts[0] for m in members if Path(m.name).parts}:
-                    final = dest / top
-                    if final.exists():
-                        shutil.rmtree(final) if final.is_dir() else final.unlink()
-                    os.replace(staging / top, final)
+                for m in ours:
+                    _extract_member(tar, m, staging / m.name)
+                os.replace(staging / folder, final)
             finally:
                 shutil.rmtree(staging, ignore_errors=True)
     except (tarfile.TarError, EOFError, OSError) as exc:
-        raise DataError(f"{archive}: not a readable tar archive ({exc})") from None
+        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0].rstrip(":")  # tarfile's can span lines
+        raise DataError(f"{archive}: not a readable tar archive ({reason})") from None
+    return final
+
+
+def _extract_member(tar: tarfile.TarFile, member: tarfile.TarInfo, target: Path) -> None:
+    if member.isdir():
+        target.mkdir(parents=True, exist_ok=True)
+        return
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with tar.extractfile(member) as src, open(target, "wb") as out:  # type: ignore[union-attr]
+        shutil.copyfileobj(src, out)

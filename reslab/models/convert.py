@@ -57,15 +57,26 @@ def convert_state_dict(state_dict: Mapping[str, torch.Tensor]) -> dict[str, torc
     return {_rename(k, head): v for k, v in state_dict.items()}
 
 
+def _fill_batch_counters(converted: dict[str, torch.Tensor], own: Mapping[str, torch.Tensor]) -> None:
+    """PyTorch before 0.4.1 had no ``num_batches_tracked`` BN buffer, so the released weights of the
+    popular CIFAR reimplementations lack it. It only counts training steps (and is used only when BN
+    momentum is None), so a file missing just these counters starts them at zero."""
+    for key, value in own.items():
+        if key.endswith(".num_batches_tracked") and key not in converted:
+            converted[key] = torch.zeros_like(value)
+
+
 def load_foreign_weights(model: nn.Module, state_dict: Mapping[str, Any]) -> nn.Module:
     """Load weights saved in torchvision's or the common CIFAR layout into a reslab model.
 
-    Every tensor must find its place and every parameter must be filled; otherwise a
+    Every tensor must find its place and every parameter and BN statistic must be filled (only BN's
+    ``num_batches_tracked`` counters may be absent, as in files saved before PyTorch 0.4.1); otherwise a
     ``CheckpointError`` names what did not match (a wrong depth, shortcut option or class count).
     torchvision's bottlenecks stride on the 3x3 conv: build the model with ``bottleneck_stride="3x3"``.
     """
     converted = convert_state_dict(state_dict)
     own = model.state_dict()
+    _fill_batch_counters(converted, own)
     missing = sorted(set(own) - set(converted))
     unexpected = sorted(set(converted) - set(own))
     if missing or unexpected:

@@ -29,6 +29,12 @@ from ..fileio import read_yaml_mapping
 from .builder import Builder
 from .resnet import NetSpec
 
+# Far above the largest network of the paper (ResNet-1202: 600 blocks, 19.4M parameters) and of
+# torchvision (ResNet-152: 50 blocks, 60M), yet refused before anything is built: a spec past these
+# (say repeat: 100000) would take minutes and gigabytes before its first error or summary line.
+MAX_BLOCKS = 10_000
+MAX_PARAMS = 2_000_000_000  # 8 GB of float32 weights
+
 LAYER_CALLS = ("init_block", "max_pool", "avg_pool", "residual_block", "fc")
 NETWORK_KEYS = ("in_channels", "num_classes", "shortcut", "residual", "bottleneck_stride",
                 "zero_init_residual", "input_size", "name")
@@ -38,9 +44,62 @@ def read_spec_file(path: str | Path) -> dict[str, Any]:
     return read_yaml_mapping(path, SpecError)
 
 
+def _count(value: Any, default: int) -> int:
+    """A positive int as written, else ``default`` (the builder reports the wrong value later)."""
+    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else default
+
+
+def _taps(filter_: Any) -> int:
+    if isinstance(filter_, (list, tuple)) and len(filter_) == 2:
+        return _count(filter_[0], 1) * _count(filter_[1], 1)
+    return _count(filter_, 3) ** 2 if not isinstance(filter_, (list, tuple)) else 9
+
+
+def _out_width(args: dict[str, Any], width: int) -> int:
+    channel = args.get("channel")
+    if isinstance(channel, (list, tuple)) and len(channel) == 2:
+        return _count(channel[1], width)
+    return _count(args.get("channels"), width)
+
+
+def estimate_size(data: dict[str, Any]) -> tuple[int, int]:
+    """(blocks, parameters) of the network a spec mapping describes, from its numbers alone, before
+    anything is built. Convolution and classifier weights only (BN and shortcuts add a few percent);
+    a value of the wrong type counts as its default here and is reported by the builder."""
+    if "model" in data:
+        # A preset: only a depth (the CIFAR families, basic blocks of two 3x3 convs, widest 64 unless
+        # widths says), widths or num_classes can make it large; 2048 is the widest preset's head.
+        blocks = (_count(data.get("depth"), 2) - 2) // 2  # depth counts the stem conv and the classifier
+        widths = data.get("widths") if isinstance(data.get("widths"), (list, tuple)) else [64]
+        widest = max((_count(w, 1) for w in widths), default=1)
+        return blocks, blocks * 2 * 9 * widest ** 2 + 2048 * _count(data.get("num_classes"), 1000)
+    width = _count(data.get("in_channels"), 3)
+    blocks = params = 0
+    for entry in data.get("layers") if isinstance(data.get("layers"), list) else []:
+        if not isinstance(entry, dict) or len(entry) != 1:
+            continue
+        (call, args), = entry.items()
+        args = args if isinstance(args, dict) else {}
+        if call in ("init_block", "residual_block"):
+            out, taps = _out_width(args, width), _taps(args.get("filter", 3))
+            repeat = _count(args.get("repeat"), 1) if call == "residual_block" else 0
+            params += taps * width * out + repeat * 2 * taps * out * out if repeat else taps * width * out
+            blocks += repeat
+            width = out
+    return blocks, params + width * _count(data.get("num_classes"), 10)
+
+
+def check_size(data: dict[str, Any], where: str) -> None:
+    blocks, params = estimate_size(data)
+    if blocks > MAX_BLOCKS or params > MAX_PARAMS:
+        raise SpecError(f"{where}: too large to build: about {blocks:,} residual blocks and {params:.2g} parameters "
+                        f"(limits {MAX_BLOCKS:,} and {MAX_PARAMS:.0e}; ResNet-1202 has 600 and 1.9e+07)")
+
+
 def spec_from_mapping(data: dict[str, Any], where: str = "spec") -> NetSpec:
     """The network a spec's ``layers`` describe (a spec naming a ``model`` preset is resolved by the
     registry, which knows the presets)."""
+    check_size(data, where)
     unknown = sorted(set(data) - set(NETWORK_KEYS) - {"layers"})
     if unknown:
         raise SpecError(f"{where}: unknown key(s) {', '.join(unknown)}; allowed: model, layers, {', '.join(NETWORK_KEYS)}")
