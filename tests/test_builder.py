@@ -185,3 +185,11 @@ def test_resnet1202_spec_is_within_the_size_limits(tmp_path):
     path = tmp_path / "r1202.yaml"
     path.write_text("model: resnet\ndepth: 1202\n")
     assert reslab.summarize(str(path)).params == 19_421_274
+
+
+def test_a_family_of_absurd_depth_is_refused_before_anything_is_built():
+    started = time.monotonic()
+    with pytest.raises(SpecError, match="depth 6000002 is too large to build: 3,000,000 residual blocks"):
+        reslab.resolve_spec("resnet", depth=6_000_002)
+    assert time.monotonic() - started < 1
+    assert reslab.resolve_spec("resnet", depth=1202).depth == 1202

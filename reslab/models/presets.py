@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from ..errors import SpecError
 from .blocks import BOTTLENECK_EXPANSION, BlockSpec
-from .resnet import NetSpec, PoolSpec, StageSpec, StemSpec
+from .resnet import MAX_BLOCKS, NetSpec, PoolSpec, StageSpec, StemSpec
 
 # Paper Sec. 4.2: three stages at 32/16/8 pixels with 16/32/64 filters, n blocks each, depth 6n + 2.
 CIFAR_WIDTHS = (16, 32, 64)
@@ -41,6 +41,9 @@ def cifar_spec(depth: int, *, num_classes: int = 10, in_channels: int = 3, short
     if not isinstance(depth, int) or depth < 8 or (depth - 2) % 6:
         raise SpecError(f"CIFAR ResNets have depth 6n+2 (20, 32, 44, 56, 110, 1202, ...), got {depth!r}")
     n = (depth - 2) // 6
+    if 3 * n > MAX_BLOCKS:
+        raise SpecError(f"depth {depth} is too large to build: {3 * n:,} residual blocks (limit {MAX_BLOCKS:,}; "
+                        "ResNet-1202 has 600)")
     widths = tuple(widths)
     if len(widths) != 3:
         raise SpecError(f"CIFAR ResNets have 3 stages, so widths needs 3 values, got {widths}")

@@ -12,7 +12,7 @@ from torch import nn
 from ..errors import SpecError
 from .presets import IMAGENET_LAYOUTS, cifar_spec, imagenet_spec
 from .resnet import NetSpec, ResNet
-from .spec import read_spec_file, spec_from_mapping
+from .spec import check_size, read_spec_file, spec_from_mapping
 
 CIFAR_DEPTHS = (20, 32, 44, 56, 110, 1202)
 SPEC_SUFFIXES = (".yaml", ".yml", ".json")
@@ -116,6 +116,7 @@ def resolve_spec(model: str | Path | NetSpec, **overrides: Any) -> NetSpec:
 def _spec_file(path: str) -> NetSpec:
     """A spec file: a preset with overrides (``model: resnet56``) or a network layer by layer."""
     data = read_spec_file(path)
+    check_size(data, path)
     if "model" in data:
         overrides = {k: v for k, v in data.items() if k != "model"}
         try:

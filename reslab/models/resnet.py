@@ -20,6 +20,13 @@ from .shortcuts import SHORTCUT_OPTIONS
 POOL_KINDS = ("max", "avg")
 
 
+# Far above the largest network of the paper (ResNet-1202: 600 blocks, 19.4M parameters) and of
+# torchvision (ResNet-152: 50 blocks, 60M), yet refused before anything is built: a network past these
+# (say repeat: 100000, or depth 10^6) would take minutes and gigabytes before its first error or summary line.
+MAX_BLOCKS = 10_000
+MAX_PARAMS = 2_000_000_000  # 8 GB of float32 weights
+
+
 @dataclass(frozen=True)
 class PoolSpec:
     kind: str  # "max" | "avg"
