@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import sys
 import warnings
 from pathlib import Path
@@ -157,7 +158,9 @@ def cmd_train(args: argparse.Namespace) -> int | None:
     if result.status == "interrupted":
         if speaks and args.quiet:  # otherwise the run's log has just said it
             print(result.message)
-        return 0 if launched() else 130  # under reslab's launcher, the launcher reports the interruption
+        if launched():  # under reslab's launcher, the launcher reports the interruption
+            return 0
+        return 128 + (result.stopped_by or signal.SIGINT)  # 130 for Ctrl-C, 143 for SIGTERM, as shells count
     last = result.history[-1] if result.history else {}
     text = f"done: {result.run_dir}"
     if last.get("eval_error") is not None:
@@ -397,6 +400,18 @@ def _add_inference_flags(p: argparse.ArgumentParser) -> None:
                    help="flip: average each image's prediction with its mirror image's (twice the compute)")
 
 
+def positive_int(text: str) -> int:
+    """A count given on the command line: a whole number of 1 or more (``--top-k -3`` is refused, not
+    read as top-1)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be 1 or more, got {value}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="reslab", description="Deep residual networks: build, train, study, use.")
     parser.add_argument("--version", action="version", version=f"reslab {__version__}")
@@ -409,10 +424,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = verbs.add_parser("summary", help="per-stage shapes, parameters and FLOPs of a model or spec file")
     p.add_argument("model", help="a model name (e.g. resnet56) or a .yaml/.json spec file")
-    p.add_argument("--input-size", type=int, help="square input side (default: 32, or 224 for ImageNet models)")
+    p.add_argument("--input-size", type=positive_int, help="square input side (default: 32, or 224 for ImageNet models)")
     p.add_argument("--shortcut", choices=["A", "B", "C"], help="override the shortcut option")
-    p.add_argument("--num-classes", type=int, help="override the number of classes")
-    p.add_argument("--in-channels", type=int, help="override the input channels (1 for grayscale)")
+    p.add_argument("--num-classes", type=positive_int, help="override the number of classes")
+    p.add_argument("--in-channels", type=positive_int, help="override the input channels (1 for grayscale)")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(func=cmd_summary)
 
@@ -428,7 +443,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--strict", action="store_true", help="image folders: fail on unreadable or non-image files")
     p.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run")
     p.add_argument("--quiet", action="store_true", help="no progress output (for logs)")
-    p.add_argument("--nproc", type=int, help="processes on this machine (starts torchrun; see README)")
+    p.add_argument("--nproc", type=positive_int, help="processes on this machine (starts torchrun; see README)")
     p.set_defaults(func=cmd_train)
 
     p = verbs.add_parser("eval", help="top-1/top-5 error, per-class accuracy, confusion matrix")
@@ -446,7 +461,7 @@ def build_parser() -> argparse.ArgumentParser:
                                      "CIFAR-10 ResNet-20 (or --model NAME) classifies the images.")
     p.add_argument("paths", nargs="+", metavar="[CHECKPOINT] IMAGE", help="a checkpoint or run folder, then images or folders")
     p.add_argument("--model", help="a bundled model instead of a checkpoint (see `reslab models`)")
-    p.add_argument("--top-k", type=int, default=3)
+    p.add_argument("--top-k", type=positive_int, default=3)
     _add_inference_flags(p)
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_predict)
@@ -461,14 +476,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("name", choices=["degradation", "table6", "shortcuts"])
     p.add_argument("--depths", help="comma-separated depths (default 20,32,44,56)")
     p.add_argument("--depth", type=int, default=20, help="shortcuts: the depth")
-    p.add_argument("--seeds", type=int, default=3, help="table6: seeds per depth")
+    p.add_argument("--seeds", type=positive_int, default=3, help="table6: seeds per depth")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--budget", type=float, default=1.0, help="fraction of the recipe's length (paper: 64k iterations; fast: 40 epochs)")
     p.add_argument("--recipe", default="paper")
     p.add_argument("--data", default="cifar10")
     p.add_argument("--data-root")
     p.add_argument("--eval-split", default="val")
-    p.add_argument("--jobs", type=int, default=1, help="members trained in parallel processes")
+    p.add_argument("--jobs", type=positive_int, default=1, help="members trained in parallel processes")
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="any training setting for every member")
     p.add_argument("--out", help="experiment folder (default runs/experiment-NAME); rerun to resume")
     p.add_argument("--quiet", action="store_true")
@@ -485,7 +500,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = verbs.add_parser("deepen", help="add identity blocks to a trained ResNet (the constructed solution)")
     p.add_argument("checkpoint")
-    p.add_argument("--add", type=int, required=True, help="blocks to insert")
+    p.add_argument("--add", type=positive_int, required=True, help="blocks to insert")
     p.add_argument("--where", help="comma-separated stages (1-based) to append to, round-robin (default all)")
     p.add_argument("--data")
     p.add_argument("--data-root")

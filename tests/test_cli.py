@@ -89,5 +89,5 @@ def test_command_line_mistakes_are_one_line_too(capsys):
         main(["predict", "x.png", "--top-k", "three"])
     err = capsys.readouterr().err
     assert info.value.code == 2
-    assert err.strip() == ("reslab predict: error: argument --top-k: invalid int value: 'three' "
+    assert err.strip() == ("reslab predict: error: argument --top-k: expected a whole number, got 'three' "
                            "(see reslab predict --help)")

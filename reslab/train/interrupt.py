@@ -1,4 +1,4 @@
-"""Ctrl-C as a request: the handler only records it, and the code that owns the work decides where to stop.
+"""Ctrl-C (and for training, SIGTERM) as a request: the handler only records it, and the code that owns the work decides where to stop.
 
 A KeyboardInterrupt raised at an arbitrary bytecode can land inside a destructor or a cleanup, where
 Python prints "Exception ignored in ..." and carries on as if nothing happened; a flag read at known
@@ -13,31 +13,35 @@ from typing import Any
 
 
 class StopFlag:
-    """First Ctrl-C sets ``requested``; a second one raises KeyboardInterrupt at once (the user insists)."""
+    """The first of ``signals`` (Ctrl-C by default) sets ``requested`` and ``received``; a second one raises
+    KeyboardInterrupt at once (the user insists). Training also takes SIGTERM this way: schedulers and
+    ``docker stop`` send it before they kill, so the run saves at its next step instead of losing the epoch."""
 
-    def __init__(self) -> None:
+    def __init__(self, signals: tuple[int, ...] = (signal.SIGINT,)) -> None:
+        self.signals = signals
         self.requested = False
-        self._installed = False
-        self._previous: Any = None  # None too when the previous handler was not set from Python
+        self.received: int | None = None
+        self._previous: dict[int, Any] = {}  # a handler that was not set from Python reads back as None
 
     def __enter__(self) -> "StopFlag":
-        try:
-            self._previous = signal.signal(signal.SIGINT, self._handle)
-            self._installed = True
-        except ValueError:  # not the main thread: no handler, Ctrl-C behaves as usual
-            pass
+        for sig in self.signals:
+            try:
+                self._previous[sig] = signal.signal(sig, self._handle)
+            except ValueError:  # not the main thread: no handler, the signal behaves as usual
+                pass
         return self
 
-    def _handle(self, *_: Any) -> None:
+    def _handle(self, sig: int, _frame: Any) -> None:
         if self.requested:
             raise KeyboardInterrupt
-        self.requested = True
+        self.requested, self.received = True, sig
 
     def __exit__(self, *_: Any) -> None:
-        if self._installed:
+        for sig, previous in self._previous.items():
             # A handler set outside Python reads back as None; the default is the nearest we can restore.
-            signal.signal(signal.SIGINT, self._previous if self._previous is not None else signal.default_int_handler)
-            self._installed = False
+            fallback = signal.default_int_handler if sig == signal.SIGINT else signal.SIG_DFL
+            signal.signal(sig, previous if previous is not None else fallback)
+        self._previous = {}
 
 
 def say_while_stopping(text: str) -> None:

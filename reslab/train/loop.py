@@ -11,6 +11,7 @@ the run's objective (reslab/train/objective.py); optional parts join through res
 from __future__ import annotations
 
 import math
+import signal
 import time
 from collections import deque
 from dataclasses import dataclass
@@ -40,6 +41,7 @@ class RunResult:
     history: list[dict[str, Any]]
     best_error: float | None
     message: str = ""
+    stopped_by: int | None = None  # the signal that stopped an interrupted run (SIGINT, SIGTERM), if any
 
 
 def fit(config: TrainConfig, *, resume: bool = False, quiet: bool = False,
@@ -53,10 +55,12 @@ def fit(config: TrainConfig, *, resume: bool = False, quiet: bool = False,
     try:
         run = prepare_run(config, device, ctx, resume, quiet)
         try:
-            with StopFlag() as stop:
+            with StopFlag((signal.SIGINT, signal.SIGTERM)) as stop:
                 asked = lambda: stop.requested or (should_stop is not None and should_stop(run.state.step))  # noqa: E731
                 status, message = train_epochs(run, asked)
-            return conclude(run, status, message)
+            result = conclude(run, status, message)
+            result.stopped_by = stop.received if status == "interrupted" else None
+            return result
         finally:
             run.tensorboard.close()
             run.lock.release()
