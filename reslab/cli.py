@@ -21,7 +21,7 @@ from .errors import ReslabError
 def cmd_models(args: argparse.Namespace) -> None:
     from .models.pretrained import available_pretrained
     from .models.registry import MODELS
-    from .summary import summarize
+    from .summary import preset_summary
     from .tables import format_table, human_count
 
     bundled = set(available_pretrained())
@@ -29,7 +29,7 @@ def cmd_models(args: argparse.Namespace) -> None:
     for info in MODELS.values():
         if args.family and info.family != args.family:
             continue
-        s = summarize(info.name)
+        s = preset_summary(info.name)
         record = {"name": info.name, "family": info.family, "depth": info.depth, "residual": info.residual,
                   "params": s.params, "flops": s.flops, "input_size": s.input_shape[-1],
                   "paper_error": info.paper_error, "paper_source": info.paper_source,

@@ -6,6 +6,8 @@ summarised in well under a second: no weights are allocated and no arithmetic ru
 
 from __future__ import annotations
 
+import functools
+
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -64,6 +66,13 @@ def _drop_batchnorm(module: nn.Module) -> None:
             setattr(module, name, nn.Identity())
         else:
             _drop_batchnorm(child)
+
+
+@functools.lru_cache(maxsize=None)
+def preset_summary(name: str) -> Summary:
+    """``summarize(name)`` of a registered preset, once per process (``reslab models`` shows them all, and
+    ResNet-1202's and ResNet-152's take seconds)."""
+    return summarize(name)
 
 
 def summarize(model: str | Path | NetSpec, input_size: int | None = None, **overrides: Any) -> Summary:

@@ -1,7 +1,6 @@
 import contextlib
 import io
 import pickle
-import subprocess
 import sys
 import tarfile
 from dataclasses import dataclass
@@ -16,11 +15,31 @@ BUNDLE_SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "bundle_weight
 
 
 def run_bundle_script(run: Path, name: str, weights_dir: Path, *extra: str,
-                      command: str = "reslab train ...") -> subprocess.CompletedProcess:
-    """scripts/bundle_weights.py on ``run`` into ``weights_dir``, with placeholder card fields."""
-    return subprocess.run([sys.executable, str(BUNDLE_SCRIPT), str(run), name, *extra, "--command", command,
-                           "--machine", "a test machine", "--data-note", "digits", "--weights-dir", str(weights_dir)],
-                          capture_output=True, text=True, timeout=300)
+                      command: str = "reslab train ...") -> "CliResult":
+    """scripts/bundle_weights.py on ``run`` into ``weights_dir``, with placeholder card fields; its ``main``
+    runs in this process (as ``cli`` does), with ``sys.exit("...")`` read as a shell would: exit 1, the text
+    on stderr."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("bundle_weights", BUNDLE_SCRIPT)
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    argv = [str(run), name, *extra, "--command", command, "--machine", "a test machine", "--data-note", "digits",
+            "--weights-dir", str(weights_dir)]
+    out, err = io.StringIO(), io.StringIO()
+    saved_argv, sys.argv = sys.argv, [str(BUNDLE_SCRIPT), *argv]
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            try:
+                script.main()
+                code = 0
+            except SystemExit as exc:
+                code = exc.code if isinstance(exc.code, int) else 1
+                if isinstance(exc.code, str):
+                    print(exc.code, file=sys.stderr)
+    finally:
+        sys.argv = saved_argv
+    return CliResult(code, out.getvalue(), err.getvalue())
 
 
 @dataclass

@@ -22,6 +22,8 @@ from reslab.analysis.responses import layer_responses, response_layers
 from reslab.errors import ConfigError, SpecError
 from reslab.train.loop import fit
 
+from conftest import cli
+
 pytest.importorskip("sklearn")
 
 
@@ -128,8 +130,6 @@ def test_table6_and_shortcuts_tables(tmp_path):
 
 
 def test_cli_deepen_then_continue_training(tmp_path):
-    from conftest import cli
-
     run = tmp_path / "r8"
     assert cli("train", "--recipe", "fast", "--model", "resnet", "--set", "model_options.depth=8", "--data", "digits",
                "--epochs", "2", "--batch-size", "64", "--out", str(run), "--quiet").returncode == 0
@@ -195,7 +195,12 @@ def test_ctrl_c_stops_parallel_members_with_checkpoints_and_a_rerun_finishes(tmp
     assert "rerun the same command to resume" in err
     stopped = [d for d in members.iterdir() if (d / "last.pt").exists() and not (d / "summary.json").exists()]
     assert len(stopped) == 2  # each running member saved a checkpoint when the experiment was stopped
-    rerun = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    # Rerun here, one member at a time (in this process: no Python to start per member); it resumes the two.
+    threads = torch.get_num_threads()
+    try:
+        rerun = cli(*command[3:command.index("--jobs")], *command[command.index("--jobs") + 2:])
+    finally:
+        torch.set_num_threads(threads)  # the stopped members' configs hold one thread each
     assert rerun.returncode == 0, rerun.stderr
     histories = json.loads((out / "results.json").read_text())["histories"]
     assert len(histories) == 4 and all(h[-1]["step"] == 320 for h in histories.values())

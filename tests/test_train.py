@@ -519,31 +519,43 @@ def test_a_checkpoints_progress_is_a_typed_record():
         RunState.from_dict({**state.to_dict(), "stepp": 3})
 
 
-@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM], ids=["kill-9", "SIGTERM"])
-def test_a_run_killed_mid_epoch_resumes_to_the_uninterrupted_result(sig, tmp_path):
-    threads = torch.get_num_threads()  # the runs use one thread (sums in one order); give the rest theirs back
+KILLABLE = ["--model", "resnet", "--set", "model_options.depth=8", "--data", "digits", "--recipe", "fast",
+            "--epochs", "3", "--batch-size", "64", "--set", "threads=1", "--quiet"]
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory):
+    """The whole run the killed ones must end equal to (one thread: the sums in one order)."""
+    threads = torch.get_num_threads()
     try:
-        settings = ["--model", "resnet", "--set", "model_options.depth=8", "--data", "digits", "--recipe", "fast",
-                    "--epochs", "6", "--batch-size", "64", "--set", "threads=1", "--quiet"]
-        killed = tmp_path / "killed"
-        proc = subprocess.Popen([sys.executable, "-m", "reslab", "train", *settings, "--out", str(killed)],
-                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-        deadline = time.monotonic() + 120
-        while not (killed / "metrics.jsonl").exists() and time.monotonic() < deadline:
-            time.sleep(0.02)
-        proc.send_signal(sig)  # within epoch 2
-        proc.wait(timeout=60)
-        stderr = proc.stderr.read().decode()
-        if sig == signal.SIGKILL:  # the kernel ends it wherever it is: epoch 1's checkpoint stays, whole
-            assert proc.returncode == -sig and load_checkpoint(killed / "last.pt").progress["batch"] == 0
-        else:  # SIGTERM (a scheduler's, docker stop): saved at the next step, one line, exit 128 + 15
-            assert proc.returncode == 143, stderr
-            assert "Traceback" not in stderr and stderr.strip() == ""  # --quiet: the one line is on stdout
-        resumed = resume_run(killed, quiet=True)
-        assert cli("train", *settings, "--out", str(tmp_path / "whole")).returncode == 0
-        whole = load_checkpoint(tmp_path / "whole" / "last.pt")
-        assert strip_timing(resumed.history) == strip_timing(whole.progress["history"])
-        mine = load_checkpoint(killed / "last.pt").model_state
-        assert all(torch.equal(mine[k], whole.model_state[k]) for k in mine)
+        out = tmp_path_factory.mktemp("whole") / "run"
+        assert cli("train", *KILLABLE, "--out", str(out)).returncode == 0
     finally:
         torch.set_num_threads(threads)
+    return load_checkpoint(out / "last.pt")
+
+
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM], ids=["kill-9", "SIGTERM"])
+def test_a_run_killed_mid_epoch_resumes_to_the_uninterrupted_result(sig, uninterrupted, tmp_path):
+    killed = tmp_path / "killed"
+    proc = subprocess.Popen([sys.executable, "-m", "reslab", "train", *KILLABLE, "--out", str(killed)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 120
+    while not (killed / "metrics.jsonl").exists() and time.monotonic() < deadline:
+        time.sleep(0.02)
+    proc.send_signal(sig)  # within epoch 2
+    proc.wait(timeout=60)
+    stderr = proc.stderr.read().decode()
+    if sig == signal.SIGKILL:  # the kernel ends it wherever it is: epoch 1's checkpoint stays, whole
+        assert proc.returncode == -sig and load_checkpoint(killed / "last.pt").progress["batch"] == 0
+    else:  # SIGTERM (a scheduler's, docker stop): saved at the next step, exit 128 + 15
+        assert proc.returncode == 143, stderr
+        assert "Traceback" not in stderr and stderr.strip() == ""  # --quiet: the one line is on stdout
+    threads = torch.get_num_threads()
+    try:
+        resumed = resume_run(killed, quiet=True)
+    finally:
+        torch.set_num_threads(threads)
+    assert strip_timing(resumed.history) == strip_timing(uninterrupted.progress["history"])
+    mine = load_checkpoint(killed / "last.pt").model_state
+    assert all(torch.equal(mine[k], uninterrupted.model_state[k]) for k in mine)
