@@ -8,6 +8,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import stat
 import tempfile
 from pathlib import Path
 from typing import Any, Callable
@@ -64,6 +65,8 @@ def read_yaml_mapping(path: str | Path, error: type[Exception], what: str = "fil
     with one line naming the file. An empty YAML file is an empty mapping."""
     path = Path(path)
     try:
+        if not stat.S_ISREG(path.stat().st_mode):  # a named pipe would block the read forever
+            raise error(f"{path}: not a regular file")
         text = path.read_text()
     except FileNotFoundError:
         raise error(f"{path}: no such {what}") from None

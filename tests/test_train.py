@@ -559,3 +559,17 @@ def test_a_run_killed_mid_epoch_resumes_to_the_uninterrupted_result(sig, uninter
     assert strip_timing(resumed.history) == strip_timing(uninterrupted.progress["history"])
     mine = load_checkpoint(killed / "last.pt").model_state
     assert all(torch.equal(mine[k], uninterrupted.model_state[k]) for k in mine)
+
+
+def test_the_warmup_is_one_setting_and_old_names_keep_their_meaning(tmp_path):
+    assert resolve("fast").warmup == 0.15 and resolve("paper").warmup == 0
+    assert schedule_for(resolve("fast"), 1000).warmup_steps == 150
+    assert schedule_for(resolve("fast", overrides={"warmup": "40"}), 1000).warmup_steps == 40  # steps from 1 on
+    assert resolve("fast", overrides={"warmup_fraction": "0"}).warmup == 0  # as the bundled card's command says
+    old = tmp_path / "old.yaml"
+    for text, expected in (("warmup_fraction: 0\n", 0), ("warmup_iterations: 500\nwarmup_fraction: 0.1\n", 500),
+                           ("warmup_iterations: 0\nwarmup_fraction: 0.05\n", 0.05)):
+        old.write_text(text)
+        assert resolve("fast", file=old).warmup == expected, text
+    with pytest.raises(ConfigError, match="warmup must be >= 0"):
+        resolve("fast", overrides={"warmup": "-1"})

@@ -226,9 +226,11 @@ RUN_FACTS = ("init_from_sha256", "teacher_sha256")
 
 def _renamed(values: dict[str, Any]) -> dict[str, Any]:
     values = {k: v for k, v in values.items() if k not in RUN_FACTS}
-    steps, fraction = values.pop("warmup_iterations", None), values.pop("warmup_fraction", None)
-    if "warmup" not in values and (steps or fraction):
-        values["warmup"] = steps or fraction  # the old rule: iterations when set, else the fraction
+    old = {k: values.pop(k) for k in ("warmup_iterations", "warmup_fraction") if k in values}
+    if old and "warmup" not in values:
+        # The old rule: warmup_iterations when it is set and not 0, else warmup_fraction.
+        steps = old.get("warmup_iterations")
+        values["warmup"] = steps if steps not in (None, 0, "0") else old.get("warmup_fraction", 0)
     return values
 
 
