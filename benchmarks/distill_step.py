@@ -15,7 +15,9 @@ import torch
 
 from reslab import create_model
 from reslab.models.pretrained import pretrained_checkpoint
-from reslab.train.distill import load_teacher, training_loss
+from reslab.data import Batch
+from reslab.train.distill import Distillation, OnlineTeacher, load_teacher
+from reslab.train.objective import CrossEntropy
 
 
 def main() -> None:
@@ -26,17 +28,19 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     device = torch.device("cpu")
     student = create_model("resnet20").to(memory_format=torch.channels_last).train()
-    teacher = load_teacher("resnet56", [pretrained_checkpoint("resnet56")], device, torch.channels_last)
+    teacher = load_teacher(["resnet56"], [pretrained_checkpoint("resnet56")], device, torch.channels_last)
+    objectives = {True: Distillation(OnlineTeacher(teacher), 0.1, 0.9, 4.0), False: CrossEntropy(0.1)}  # as training
     optimizer = torch.optim.SGD(student.parameters(), lr=0.01, momentum=0.9, nesterov=True)
     x = torch.randn(128, 3, 32, 32).contiguous(memory_format=torch.channels_last)
     y = torch.randint(0, 10, (128,))
+    batch = Batch(x, y, torch.arange(128), x)
 
     def step(with_teacher: bool) -> float:
         start = time.perf_counter()
         optimizer.zero_grad(set_to_none=True)
         with torch.autocast("cpu", dtype=torch.bfloat16):
             logits = student(x)
-            loss = training_loss(logits.float(), y, 0.1, teacher.logits(x) if with_teacher else None, 0.9, 4.0)
+            loss = objectives[with_teacher](logits.float(), batch)
         loss.backward()
         optimizer.step()
         return time.perf_counter() - start

@@ -33,7 +33,7 @@ from reslab.fileio import atomic_write_text  # noqa: E402
 from reslab.inference import with_test_time_augmentation  # noqa: E402
 from reslab.checkpoint import (Checkpoint, checkpoint_dataset, load_checkpoint,  # noqa: E402
                                      mirrored_in_training, save_checkpoint)
-from reslab.train.distill import teacher_sources  # noqa: E402
+from reslab.train.setup import read_run_facts  # noqa: E402
 from reslab.train.evaluate import evaluate  # noqa: E402
 from reslab.train.history import read_history  # noqa: E402
 
@@ -51,19 +51,6 @@ def teacher_names(sources: list[str]) -> str:
 def short_shas(shas: list[str]) -> str:
     """The first 12 hex digits of each SHA-256, as the card shows them."""
     return "+".join(f"{sha[:12]}..." for sha in shas)
-
-
-def recorded_files(run_dir: Path, config: dict) -> tuple[list[dict], dict | None]:
-    """The teacher's members and the start file as the run recorded them (file and SHA-256): in
-    run.json, or in the config.yaml of runs from before run.json held them (+-joined strings)."""
-    facts = json.loads((run_dir / "run.json").read_text()) if (run_dir / "run.json").exists() else {}
-    teacher, start = facts.get("teacher", []), facts.get("init_from")
-    if not teacher and config.get("teacher_sha256"):
-        teacher = [{"file": f, "sha256": h} for f, h in zip(teacher_sources(config["teacher"]),
-                                                            config["teacher_sha256"].split("+"))]
-    if start is None and config.get("init_from_sha256"):
-        start = {"file": config["init_from"], "sha256": config["init_from_sha256"]}
-    return teacher, start
 
 
 def measure(checkpoint: Checkpoint, arrays: ImageArrays, tta: str):
@@ -110,7 +97,8 @@ def bundle(args: argparse.Namespace) -> None:
             raise ReslabError(f"{args.run_dir}: best.pt is not the best epoch of the run that metrics.jsonl and "
                               "summary.json describe")
     c = best.config
-    teacher, start = recorded_files(args.run_dir, c)
+    facts = read_run_facts(args.run_dir)
+    teacher, start = facts.get("teacher", []), facts.get("init_from")
     if not c.get("eval_split"):
         raise ReslabError(f"{args.run_dir}: the run was not evaluated (eval_split none); nothing to put on a card")
     arrays = checkpoint_dataset(best, None, args.data_root, c["eval_split"])
@@ -162,7 +150,7 @@ def bundle(args: argparse.Namespace) -> None:
                  f"`{c['eval_split']}` during training ({100 * (1 - best_row['eval_error']):.2f}% then")
     extras = "".join([
         f"; cutout {c['cutout']}x{c['cutout']}" if c.get("cutout") else "",
-        f"; distilled from `{teacher_names([m['file'] for m in teacher])}` (SHA-256 "
+        f"; distilled from `{teacher_names([m['source'] for m in teacher])}` (SHA-256 "
         f"{short_shas([m['sha256'] for m in teacher])}, weight {c['distill_weight']}, T {c['distill_temperature']}, "
         f"teacher mode {c.get('teacher_mode', 'online')})" if teacher else "",
         f"; started from the weights of `{Path(c['init_from']).name}`"

@@ -434,6 +434,7 @@ def test_the_paper_warmup_follows_the_depth_however_the_network_is_named(tmp_pat
     for values in ({"model": "resnet56"}, {"model": "resnet", "model_options": {"depth": 56}}):
         assert resolve("paper", overrides=values).warmup_until_error is None, values
     assert resolve("fast", overrides={"model": "resnet110"}).warmup_until_error is None  # the paper's recipe only
+    assert resolve("paper", overrides={"model": "resnet152"}).warmup_until_error is None  # CIFAR's networks only
     spec = tmp_path / "deep.yaml"
     spec.write_text("model: resnet110\nshortcut: B\n")
     assert resolve("paper", overrides={"model": str(spec)}).warmup_until_error == 0.8
@@ -573,3 +574,38 @@ def test_the_warmup_is_one_setting_and_old_names_keep_their_meaning(tmp_path):
         assert resolve("fast", file=old).warmup == expected, text
     with pytest.raises(ConfigError, match="warmup must be >= 0"):
         resolve("fast", overrides={"warmup": "-1"})
+
+
+def test_a_run_of_the_previous_version_resumes_with_its_recorded_files_checked(tmp_path):
+    import shutil
+    from dataclasses import replace
+
+    import yaml
+
+    from reslab.checkpoint import save_checkpoint
+    from reslab.fileio import sha256
+
+    fit(tiny_config(tmp_path / "plain", epochs=1, model="plain"), quiet=True)
+    fit(tiny_config(tmp_path / "teacher", epochs=1), quiet=True)
+    teacher = Path(shutil.copy(tmp_path / "teacher" / "best.pt", tmp_path / "t.pt"))
+    run = tmp_path / "old"
+    fit(tiny_config(run, epochs=2, model=None, model_options={}, init_from=str(tmp_path / "plain"),
+                    teacher=str(teacher)), quiet=True, should_stop=lambda step: step == 3)
+    # As the previous version wrote its runs: a model always named (here not the file's network), the
+    # teacher +-joined with its checksum and the start file's checksum in config.yaml, none in run.json.
+    config = yaml.safe_load((run / "config.yaml").read_text())
+    start = json.loads((run / "run.json").read_text())["init_from"]["sha256"]
+    config.update(model="resnet", teacher=str(teacher.resolve()), teacher_sha256=sha256(teacher),
+                  init_from_sha256=start, warmup_fraction=config.pop("warmup"))
+    (run / "config.yaml").write_text(yaml.safe_dump(config))
+    (run / "run.json").write_text(json.dumps({"processes": 1}))
+    original = teacher.read_bytes()
+    trained = load_checkpoint(teacher)
+    save_checkpoint(replace(trained, model_state={k: v + 1 if v.is_floating_point() else v
+                                                  for k, v in trained.model_state.items()}), teacher)
+    with pytest.raises(CheckpointError, match="has changed since this run started"):
+        resume_run(run, quiet=True)
+    teacher.write_bytes(original)
+    resumed = resume_run(run, quiet=True)
+    assert resumed.status == "finished" and len(resumed.history) == 2
+    assert load_checkpoint(run / "last.pt").spec.name == "plain8"  # the file's network, as it always trained

@@ -12,13 +12,16 @@ import dataclasses
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 
 from ..errors import ConfigError, SpecError
 from ..fileio import read_yaml_mapping
 from .schedules import milestones_are_fractions
+
+if TYPE_CHECKING:
+    from ..models.resnet import NetSpec
 
 DEFAULT_MODEL = "resnet20"
 SCHEDULES = ("multistep", "onecycle", "cosine", "constant")
@@ -225,6 +228,10 @@ RUN_FACTS = ("init_from_sha256", "teacher_sha256")
 
 
 def _renamed(values: dict[str, Any]) -> dict[str, Any]:
+    if values.get("init_from_sha256") and values.get("init_from"):
+        # A run of an earlier version started from a file: it trained the file's network, whatever its
+        # config's model (then always written, default resnet20) said.
+        values = {**values, "model": None}
     values = {k: v for k, v in values.items() if k not in RUN_FACTS}
     old = {k: values.pop(k) for k in ("warmup_iterations", "warmup_fraction") if k in values}
     if old and "warmup" not in values:
@@ -281,9 +288,9 @@ def resolve(recipe: str | None = None, file: str | Path | None = None,
     model = overrides.get("model") or file_values.get("model")
     init_from = overrides.get("init_from") or file_values.get("init_from")
     options = {**_mapping(file_values.get("model_options")), **_mapping(overrides.get("model_options"))}
-    # The depth decides the paper's warm-up; a network taken from an init_from file is already trained.
-    depth = None if model is None and init_from else _depth(str(model or DEFAULT_MODEL), options)
-    config = apply(config, {**recipe_values(str(name), depth), "recipe": name}, f"recipe {name}")
+    # The network decides the paper's warm-up; one taken from an init_from file is already trained.
+    network = None if model is None and init_from else _network(str(model or DEFAULT_MODEL), options)
+    config = apply(config, {**recipe_values(str(name), network), "recipe": name}, f"recipe {name}")
     config = apply(config, file_values, str(file)) if file_values else config
     if "model_options" in overrides and isinstance(overrides["model_options"], dict):
         overrides["model_options"] = {**config.model_options, **overrides["model_options"]}
@@ -295,12 +302,12 @@ def _mapping(value: Any) -> dict[str, Any]:
     return value if isinstance(value, dict) else {}
 
 
-def _depth(model: str, options: dict[str, Any]) -> int | None:
-    """The network's depth as the paper counts it, whatever it is called (a name, a family plus a depth,
-    a spec file); None when the model does not resolve (training then says why, in one line)."""
+def _network(model: str, options: dict[str, Any]) -> "NetSpec | None":
+    """The network, whatever it is called (a name, a family plus a depth, a spec file); None when the
+    model does not resolve (training then says why, in one line)."""
     from ..models.registry import resolve_spec
 
     try:
-        return resolve_spec(model, **options).depth
+        return resolve_spec(model, **options)
     except (SpecError, TypeError, ValueError):
         return None

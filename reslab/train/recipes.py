@@ -10,9 +10,11 @@ from __future__ import annotations
 from typing import Any
 
 from ..errors import ConfigError
+from ..models.resnet import NetSpec
 
 # Sec. 4.2 on ResNet-110: "we use 0.01 to warm up the training until the training error is below 80%
-# (about 400 iterations), and then go back to 0.1"; ResNet-1202 is trained the same way.
+# (about 400 iterations), and then go back to 0.1"; ResNet-1202 is trained the same way. The CIFAR
+# networks (three stages) of that depth or more get it; the ImageNet ones (four stages) never did.
 PAPER_WARMUP_DEPTH = 110
 
 FAST: dict[str, Any] = dict(
@@ -23,10 +25,11 @@ FAST: dict[str, Any] = dict(
 RECIPES = ("paper", "fast")
 
 
-def recipe_values(name: str, depth: int | None = None) -> dict[str, Any]:
-    """The recipe's settings for a network of ``depth`` weighted layers (None: not known)."""
+def recipe_values(name: str, network: NetSpec | None = None) -> dict[str, Any]:
+    """The recipe's settings for ``network`` (None: not known)."""
     if name not in RECIPES:
         raise ConfigError(f"unknown recipe {name!r}; choose one of {', '.join(RECIPES)}")
     if name == "fast":
         return dict(FAST)
-    return {"warmup_until_error": 0.8} if depth is not None and depth >= PAPER_WARMUP_DEPTH else {}
+    deep_cifar = network is not None and len(network.stages) == 3 and network.depth >= PAPER_WARMUP_DEPTH
+    return {"warmup_until_error": 0.8} if deep_cifar else {}

@@ -26,13 +26,16 @@ class RunLock:
 
     def __init__(self, run_dir: Path | None):
         self.file = None
-        self.created: Path | None = None  # the folder, when this lock made it (removed again if left empty)
+        self.created: list[Path] = []  # the folders this lock made, deepest first (removed again if left empty)
         if run_dir is None or fcntl is None:
             return
-        if not run_dir.exists():
-            run_dir.mkdir(parents=True)
-            self.created = run_dir
-        self.file = open(run_dir / LOCK_NAME, "a+")
+        missing = [p for p in (run_dir, *run_dir.parents) if not p.exists()]
+        try:
+            run_dir.mkdir(parents=True, exist_ok=True)
+            self.created = missing
+            self.file = open(run_dir / LOCK_NAME, "a+")
+        except OSError as exc:
+            raise ConfigError(f"cannot write the run folder {run_dir}: {exc.strerror or exc}") from None
         try:
             fcntl.flock(self.file, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
@@ -41,7 +44,7 @@ class RunLock:
             self.file.close()
             self.file = None
             raise ConfigError(f"{run_dir} is being trained by {holder}; wait for it to end (or stop it) "
-                              "before resuming it") from None
+                              "first, or choose another --out") from None
         self.file.truncate(0)
         self.file.write(f"reslab process {os.getpid()}\n")
         self.file.flush()
@@ -52,7 +55,10 @@ class RunLock:
         folder = Path(self.file.name).parent
         self.file.close()  # closing drops the flock
         self.file = None
-        if self.created is not None and [p.name for p in folder.iterdir()] == [LOCK_NAME]:
-            # A run that failed before writing anything leaves no folder behind.
+        if self.created and [p.name for p in folder.iterdir()] == [LOCK_NAME]:
+            # A run that failed before writing anything leaves no folder behind (nor the parents it made).
             (folder / LOCK_NAME).unlink()
-            folder.rmdir()
+            for made in self.created:
+                if any(made.iterdir()):
+                    break
+                made.rmdir()

@@ -23,8 +23,8 @@ from torch import nn
 from ..checkpoint import Checkpoint, load_checkpoint
 from ..data import AugmentDefaults, DataOptions, EvalLoader, Normalizer, TrainLoader, load_dataset
 from ..data.arrays import ImageArrays
-from ..errors import CheckpointError, ConfigError
-from ..fileio import atomic_write_text, sha256
+from ..errors import CheckpointError, ConfigError, SpecError
+from ..fileio import atomic_write_text, read_yaml_mapping, sha256
 from ..inference import slow_bfloat16_warning
 from ..models.registry import resolve_spec
 from ..models.resnet import NetSpec, ResNet
@@ -32,7 +32,7 @@ from . import distributed
 from .averaging import WeightAverage, WeightAveraging, first_averaged_epoch
 from .config import DEFAULT_MODEL, TrainConfig
 from .console import Console
-from .distill import Distillation, OnlineTeacher, Teacher, cache_teacher, prepare_teacher
+from .distill import Distillation, OnlineTeacher, Teacher, cache_teacher, prepare_teacher, teacher_sources
 from .evaluate import evaluate
 from .extras import EpochExtra
 from .history import TensorBoard
@@ -113,7 +113,10 @@ def select_device(name: str) -> torch.device:
 
 def default_run_dir(config: TrainConfig) -> Path:
     data = Path(config.data).name or "data"
-    model = Path(config.model or config.init_from or DEFAULT_MODEL).stem
+    start = Path(config.init_from) if config.init_from else None
+    if start is not None and start.name in ("best.pt", "last.pt"):
+        start = start.parent  # a run's checkpoint: name the new run after that run
+    model = Path(config.model or start or DEFAULT_MODEL).stem
     # Under torchrun every process (and every restart) must agree on the folder: use the run id.
     suffix = os.environ.get("TORCHELASTIC_RUN_ID") or datetime.now().strftime("%Y%m%d-%H%M%S")
     return Path("runs") / f"{model}-{data}-{suffix}"
@@ -140,7 +143,7 @@ def _prepare(config: TrainConfig, device: torch.device, ctx: distributed.DistCon
     train_data = load_dataset(config.data, config.train_split, data_options(config))
     eval_data = load_dataset(config.data, config.eval_split, data_options(config)) if config.eval_split else None
     checkpoint = _resumed_checkpoint(run_dir, train_data) if resume else None
-    facts = _read_facts(run_dir) if resume else {}
+    facts = read_run_facts(run_dir) if resume else {}
     normalizer = checkpoint.normalizer if checkpoint else Normalizer.fit(train_data.images, config.normalize)
     torch.manual_seed(config.seed)
     spec, weights = _starting_weights(config, train_data, checkpoint, facts)
@@ -154,6 +157,9 @@ def _prepare(config: TrainConfig, device: torch.device, ctx: distributed.DistCon
         optimizer.load_state_dict(checkpoint.optimizer_state)
     teacher = None
     if config.teacher:
+        if resume and "teacher" not in facts:
+            console.line(f"warning: {run_dir} recorded no checksums of its teacher (no run.json), so a changed "
+                         "teacher cannot be noticed")
         teacher = prepare_teacher(config.teacher, train_data, config.eval_split, config.val_fraction, device,
                                   memory_format, facts.get("teacher"), console.line)
         facts["teacher"] = teacher.files
@@ -167,6 +173,7 @@ def _prepare(config: TrainConfig, device: torch.device, ctx: distributed.DistCon
                               world_size=ctx.world_size) if eval_data else None)
     objective = _objective(config, teacher, loader, device, console)
     total_steps = config.iterations or math.ceil(config.epochs * len(loader))
+    console.total = total_steps
     state = RunState.from_dict(checkpoint.progress, str(checkpoint.path)) if checkpoint else RunState(
         warming_up=config.warmup_until_error is not None)
     if checkpoint is not None and checkpoint.rng_state is not None:
@@ -250,7 +257,11 @@ def _starting_weights(config: TrainConfig, data: ImageArrays, checkpoint: Checkp
     count (fine-tuning: a fresh classifier). The start file's SHA-256 goes to run.json (it may change later,
     as a bundled model's does)."""
     if checkpoint is not None:
-        _check_same_network(checkpoint.spec, model_spec(config, data, checkpoint.spec), checkpoint.path)
+        try:
+            wanted = model_spec(config, data, checkpoint.spec)
+        except SpecError:  # a spec file moved or deleted since: last.pt holds the whole network anyway
+            wanted = checkpoint.spec
+        _check_same_network(checkpoint.spec, wanted, checkpoint.path)
         return checkpoint.spec, checkpoint.model_state
     if not config.init_from:
         return model_spec(config, data), None
@@ -301,12 +312,24 @@ def _extras(config: TrainConfig, model: nn.Module, checkpoint: Checkpoint | None
     return [WeightAveraging(first, average)]
 
 
-def _read_facts(run_dir: Path) -> dict[str, Any]:
-    """What the run recorded when it started (run.json): the start file and teachers, with their SHA-256."""
+def read_run_facts(run_dir: Path) -> dict[str, Any]:
+    """What the run recorded when it started (run.json): the start file and the teachers with their SHA-256.
+    Runs made before run.json held them recorded them in config.yaml (``teacher`` +-joined, with
+    ``teacher_sha256``; ``init_from_sha256``): read from there."""
     try:
-        return json.loads((run_dir / "run.json").read_text())
+        facts = json.loads((run_dir / "run.json").read_text())
     except (OSError, ValueError):
-        return {}
+        facts = {}
+    try:
+        old = read_yaml_mapping(run_dir / "config.yaml", ConfigError, "config file")
+    except ConfigError:
+        old = {}
+    if "teacher" not in facts and old.get("teacher_sha256") and isinstance(old.get("teacher"), str):
+        members = teacher_sources(old["teacher"])
+        facts["teacher"] = [{"source": m, "file": m, "sha256": h} for m, h in zip(members, old["teacher_sha256"].split("+"))]
+    if "init_from" not in facts and old.get("init_from_sha256") and old.get("init_from"):
+        facts["init_from"] = {"file": old["init_from"], "sha256": old["init_from_sha256"]}
+    return facts
 
 
 def _write_run_files(run: TrainingRun, facts: dict[str, Any], resume: bool) -> None:
