@@ -400,10 +400,19 @@ def test_debian_fashion_mnist():
     assert data.class_counts() == [6000] * 10
 
 
-def test_digits_needs_no_download():
-    pytest.importorskip("sklearn")
+def test_digits_needs_no_download_and_equal_scikit_learns(monkeypatch):
+    sklearn_datasets = pytest.importorskip("sklearn.datasets")
     data = load_dataset("digits", "trainval")
     assert data.images.shape == (1797, 1, 8, 8) and data.images.max() == 255
+    bunch = sklearn_datasets.load_digits()  # read from its data file directly: the same scans, in order
+    expected = torch.from_numpy(bunch.images).mul(255 / 16).round().to(torch.uint8).unsqueeze(1)
+    assert torch.equal(data.images, expected) and torch.equal(data.labels, torch.from_numpy(bunch.target).long())
+    # Where the file is not where it was (another scikit-learn), its loader gives the same.
+    import reslab.data.digits as digits
+
+    monkeypatch.setattr(digits.Path, "is_file", lambda self: False)
+    again = digits.load_digits()
+    assert torch.equal(again.images, data.images) and torch.equal(again.labels, data.labels)
 
 
 # ---- the batched pipeline -----------------------------------------------------------------

@@ -147,7 +147,7 @@ def test_students_taught_by_a_teacher_alone_learn_what_it_knows(tmp_path):
     for mode, micro in (("online", 1), ("cached", 2)):  # micro-batches slice the cached rows with the images
         taught = _fit(_tiny_config(tmp_path / mode, epochs=3, seed=1, teacher=str(tmp_path / "teacher"),
                                    distill_weight=1.0, teacher_mode=mode, accumulation=micro), quiet=True)
-        # chance: 0.9; measured 0.06 online and 0.07 cached (the teacher: 0.06)
+        # chance: 0.9; measured 0.084 online and 0.073 cached after 3 epochs (misled: 0.87 and 0.88 after 2)
         assert taught.history[-1]["eval_error"] < 0.3, mode
         assert load_checkpoint(tmp_path / mode / "last.pt").config["teacher_mode"] == mode
         misled = _fit(_tiny_config(tmp_path / f"misled-{mode}", epochs=2, seed=1, teacher=str(untrained),
