@@ -65,7 +65,7 @@ def test_two_processes_equal_one_process_with_the_same_global_batch(tmp_path):
 def test_killed_worker_is_restarted_and_the_run_completes(tmp_path):
     out = tmp_path / "run"
     # Spare restarts: under heavy load a re-rendezvous can itself fail once and be retried.
-    proc = torchrun(2, "--epochs", "4", "--out", str(out), max_restarts=3, wait=False)
+    proc = torchrun(2, "--epochs", "3", "--out", str(out), max_restarts=3, wait=False)
     deadline = time.monotonic() + 120
     while not (out / "metrics.jsonl").exists() and time.monotonic() < deadline:
         time.sleep(0.1)
@@ -77,8 +77,8 @@ def test_killed_worker_is_restarted_and_the_run_completes(tmp_path):
     stdout, stderr = proc.communicate(timeout=300)
     assert proc.returncode == 0, stderr[-2000:]
     final = load_checkpoint(out / "last.pt")
-    assert final.progress["step"] == 4 * (1618 // 64)
-    assert [row["epoch"] for row in final.progress["history"]] == list(range(1, 5))
+    assert final.progress["step"] == 3 * (1618 // 64)
+    assert [row["epoch"] for row in final.progress["history"]] == list(range(1, 4))
     # The restarted workers resumed rather than starting over: epoch 1's record, wall time included,
     # is the one written before the kill (a fresh start would have timed it again).
     assert final.progress["history"][0] == first_epoch
