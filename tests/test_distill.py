@@ -131,9 +131,16 @@ def _untrained_teacher(trained_path, out):
     return out
 
 
-def test_students_taught_by_a_teacher_alone_learn_what_it_knows(tmp_path):
-    teacher = _fit(_tiny_config(tmp_path / "teacher", epochs=5), quiet=True)
-    assert teacher.status == "finished"
+@pytest.fixture(scope="module")
+def digits_teacher(tmp_path_factory):
+    """A trained teacher's run folder (5 epochs of ResNet-8 on digits), shared; tests copy before changing it."""
+    out = tmp_path_factory.mktemp("teacher") / "run"
+    assert _fit(_tiny_config(out, epochs=5), quiet=True).status == "finished"
+    return out
+
+
+def test_students_taught_by_a_teacher_alone_learn_what_it_knows(digits_teacher, tmp_path):
+    shutil.copytree(digits_teacher, tmp_path / "teacher")
     # As training runs it (BN folded), the teacher gives the saved network's logits.
     checkpoint = load_checkpoint(tmp_path / "teacher")  # best.pt, as --teacher reads a run folder
     data = load_dataset("digits", "val", DataOptions())
@@ -160,11 +167,10 @@ def test_students_taught_by_a_teacher_alone_learn_what_it_knows(tmp_path):
     assert len(recorded[0]["sha256"]) == 64
 
 
-def test_a_resumed_run_refuses_a_teacher_that_changed(tmp_path):
+def test_a_resumed_run_refuses_a_teacher_that_changed(digits_teacher, tmp_path):
     from reslab.train.loop import resume_run
 
-    _fit(_tiny_config(tmp_path / "teacher", epochs=2), quiet=True)
-    teacher = shutil.copy(tmp_path / "teacher" / "best.pt", tmp_path / "teacher.pt")
+    teacher = shutil.copy(digits_teacher / "best.pt", tmp_path / "teacher.pt")
     stopped = _fit(_tiny_config(tmp_path / "student", epochs=2, teacher=str(teacher)), quiet=True,
                    should_stop=lambda step: step == 3)
     assert stopped.status == "interrupted"
@@ -173,12 +179,11 @@ def test_a_resumed_run_refuses_a_teacher_that_changed(tmp_path):
         resume_run(tmp_path / "student", quiet=True)
 
 
-def test_a_run_with_cached_teacher_outputs_resumes_as_if_never_stopped(tmp_path):
+def test_a_run_with_cached_teacher_outputs_resumes_as_if_never_stopped(digits_teacher, tmp_path):
     from reslab.train.loop import resume_run
     from test_train import strip_timing
 
-    _fit(_tiny_config(tmp_path / "teacher", epochs=2), quiet=True)
-    teacher = str(tmp_path / "teacher")
+    teacher = str(digits_teacher)
     whole = _fit(_tiny_config(tmp_path / "whole", epochs=2, teacher=teacher, teacher_mode="cached"), quiet=True)
     stopped = _fit(_tiny_config(tmp_path / "split", epochs=2, teacher=teacher, teacher_mode="cached"), quiet=True,
                    should_stop=lambda step: step == 30)
@@ -246,8 +251,8 @@ def test_an_ensemble_of_teachers_teaches_the_mean_of_their_logits(tmp_path, monk
     assert teacher_sources(str(plus)) == [str(plus)]
 
 
-def test_teachers_that_do_not_fit_the_run_are_refused(tmp_path, tiny_cifar):
-    _fit(_tiny_config(tmp_path / "digits", epochs=1), quiet=True)
+def test_teachers_that_do_not_fit_the_run_are_refused(digits_teacher, tmp_path, tiny_cifar):
+    shutil.copytree(digits_teacher, tmp_path / "digits")
     config = _tiny_config(tmp_path / "s1", data="cifar10", data_root=str(tiny_cifar), teacher=str(tmp_path / "digits"))
     with pytest.raises(ConfigError, match="its classes"):
         _fit(config, quiet=True)
