@@ -74,8 +74,11 @@ def test_ctrl_c_while_starting_is_one_quiet_line():
     # 0.3 s in, `python -m reslab` is still importing PyTorch (seconds on a small machine): before the
     # entry point made Ctrl-C quiet, this ended in a KeyboardInterrupt traceback from inside an import.
     started = time.monotonic()
+    # As from a terminal: Ctrl-C at its default. A shell's background job starts with it ignored (so did CI's
+    # run once), and reslab leaves an ignored Ctrl-C ignored.
     process = subprocess.Popen([sys.executable, "-m", "reslab", "summary", "resnet20"], stdout=subprocess.PIPE,
-                               stderr=subprocess.PIPE, text=True)
+                               stderr=subprocess.PIPE, text=True,
+                               preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     time.sleep(0.3)
     process.send_signal(signal.SIGINT)
     out, err = process.communicate(timeout=10)
