@@ -416,12 +416,20 @@ def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="reslab", description="Deep residual networks: build, train, study, use.")
     parser.add_argument("--version", action="version", version=f"reslab {__version__}")
     verbs = parser.add_subparsers(dest="verb", required=True, metavar="VERB")
+    for add_verb in (_add_models, _add_summary, _add_train, _add_eval, _add_predict, _add_export,
+                     _add_experiment, _add_analyze, _add_deepen):  # in `reslab --help`'s order
+        add_verb(verbs)
+    return parser
 
+
+def _add_models(verbs: argparse._SubParsersAction) -> None:
     p = verbs.add_parser("models", help="list the registered models")
     p.add_argument("--family", choices=["cifar", "imagenet"], help="only this family")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(func=cmd_models)
 
+
+def _add_summary(verbs: argparse._SubParsersAction) -> None:
     p = verbs.add_parser("summary", help="per-stage shapes, parameters and FLOPs of a model or spec file")
     p.add_argument("model", help="a model name (e.g. resnet56) or a .yaml/.json spec file")
     p.add_argument("--input-size", type=positive_int, help="square input side (default: 32, or 224 for ImageNet models)")
@@ -431,6 +439,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(func=cmd_summary)
 
+
+def _add_train(verbs: argparse._SubParsersAction) -> None:
     p = verbs.add_parser("train", help="train a model (recipes: paper, fast)",
                          description="Precedence: recipe < --config file < flags < --set KEY=VALUE.")
     p.add_argument("--recipe", help="paper (Sec. 4.2, 64k iterations) or fast (one-cycle, 40 epochs)")
@@ -446,6 +456,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--nproc", type=positive_int, help="processes on this machine (starts torchrun; see README)")
     p.set_defaults(func=cmd_train)
 
+
+def _add_eval(verbs: argparse._SubParsersAction) -> None:
     p = verbs.add_parser("eval", help="top-1/top-5 error, per-class accuracy, confusion matrix")
     p.add_argument("checkpoint", help="a .pt checkpoint or a run folder")
     p.add_argument("--data", help="dataset (default: the one the model was trained on)")
@@ -456,6 +468,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_eval)
 
+
+def _add_predict(verbs: argparse._SubParsersAction) -> None:
     p = verbs.add_parser("predict", help="classify image files (or folders of them)",
                          description="reslab predict [CHECKPOINT] IMAGE...: without a checkpoint, the bundled "
                                      "CIFAR-10 ResNet-20 (or --model NAME) classifies the images.")
@@ -466,12 +480,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_predict)
 
+
+def _add_export(verbs: argparse._SubParsersAction) -> None:
     p = verbs.add_parser("export", help="write ONNX or TorchScript and check it against PyTorch")
     p.add_argument("checkpoint", help="a .pt checkpoint or a run folder")
     p.add_argument("--format", choices=["onnx", "torchscript"], default="onnx")
     p.add_argument("--out", help="output file")
     p.set_defaults(func=cmd_export)
 
+
+def _add_experiment(verbs: argparse._SubParsersAction) -> None:
     p = verbs.add_parser("experiment", help="the paper's experiments: degradation, table6, shortcuts")
     p.add_argument("name", choices=["degradation", "table6", "shortcuts"])
     p.add_argument("--depths", help="comma-separated depths (default 20,32,44,56)")
@@ -489,6 +507,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_experiment)
 
+
+def _add_analyze(verbs: argparse._SubParsersAction) -> None:
     p = verbs.add_parser("analyze", help="analyses of trained models (responses: paper Fig. 7)")
     p.add_argument("what", choices=["responses"])
     p.add_argument("checkpoints", nargs="+")
@@ -498,6 +518,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="output folder (default runs/responses)")
     p.set_defaults(func=cmd_analyze)
 
+
+def _add_deepen(verbs: argparse._SubParsersAction) -> None:
     p = verbs.add_parser("deepen", help="add identity blocks to a trained ResNet (the constructed solution)")
     p.add_argument("checkpoint")
     p.add_argument("--add", type=positive_int, required=True, help="blocks to insert")
@@ -506,7 +528,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data-root")
     p.add_argument("--out", help="output checkpoint")
     p.set_defaults(func=cmd_deepen)
-    return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:

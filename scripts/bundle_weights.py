@@ -77,38 +77,53 @@ def main() -> None:
 
 
 def bundle(args: argparse.Namespace) -> None:
+    """Check the run, write the weights (measured on the file itself) and index entry, then the card."""
     if not (args.run_dir / "summary.json").exists():
         raise ReslabError(f"{args.run_dir}: not a finished run (no summary.json)")
     summary = json.loads((args.run_dir / "summary.json").read_text())
     run_history = read_history(args.run_dir)  # every epoch of the run, for the card's curve
+    chosen, history = chosen_checkpoint(args, run_history, summary)
+    if not chosen.config.get("eval_split"):
+        raise ReslabError(f"{args.run_dir}: the run was not evaluated (eval_split none); nothing to put on a card")
+    arrays = checkpoint_dataset(chosen, None, args.data_root, chosen.config["eval_split"])
+    flips = mirrored_in_training(chosen, arrays)
+    filename, plain, flipped, entry = write_weights(args, chosen, history, arrays, flips)
+    card = card_text(args, chosen, summary, run_history, history[-1], filename, entry["sha256"], plain, flipped)
+    atomic_write_text(card, args.weights_dir / entry["card"])
+    print(f"wrote {args.weights_dir / filename} and its card")
+
+
+def chosen_checkpoint(args: argparse.Namespace, run_history: list[dict], summary: dict) -> tuple[Checkpoint, list[dict]]:
+    """The checkpoint to bundle (the best epoch's, or with --averaged the weight average) and the history
+    it carries, after checking it is the one the run's files describe."""
     if args.averaged:
-        best = load_checkpoint(args.run_dir / "averaged.pt")
+        chosen = load_checkpoint(args.run_dir / "averaged.pt")
         # The average of the run's last epoch, or the card's epochs and accuracy would describe another.
-        epochs = int(best.progress.get("epoch", 0))
+        epochs = int(chosen.progress.get("epoch", 0))
         if epochs != len(run_history) or "average_eval_error" not in run_history[-1]:
             raise ReslabError(f"{args.run_dir}: averaged.pt is not the weight average of the run's last epoch")
-        history = run_history
-    else:
-        best = load_checkpoint(args.run_dir / "best.pt")
-        history = best.progress["history"]  # up to the best epoch: best.pt was saved then
-        # best.pt must be this run's best epoch: a best.pt from elsewhere, or one left behind when the run was
-        # killed between writing last.pt and best.pt, would put the wrong epoch's weights under this card.
-        if run_history[:len(history)] != history or history[-1].get("eval_error") != summary.get("best_eval_error"):
-            raise ReslabError(f"{args.run_dir}: best.pt is not the best epoch of the run that metrics.jsonl and "
-                              "summary.json describe")
-    c = best.config
-    facts = read_run_facts(args.run_dir)
-    teacher, start = facts.get("teacher", []), facts.get("init_from")
-    if not c.get("eval_split"):
-        raise ReslabError(f"{args.run_dir}: the run was not evaluated (eval_split none); nothing to put on a card")
-    arrays = checkpoint_dataset(best, None, args.data_root, c["eval_split"])
-    flips = mirrored_in_training(best, arrays)
-    slim = Checkpoint(spec=best.spec, classes=best.classes, normalizer=best.normalizer, input_size=best.input_size,
-                      model_state=best.model_state, progress={"step": best.progress["step"], "history": history},
-                      config=c, trained_with_flips=flips)
+        return chosen, run_history
+    chosen = load_checkpoint(args.run_dir / "best.pt")
+    history = chosen.progress["history"]  # up to the best epoch: best.pt was saved then
+    # best.pt must be this run's best epoch: a best.pt from elsewhere, or one left behind when the run was
+    # killed between writing last.pt and best.pt, would put the wrong epoch's weights under this card.
+    if run_history[:len(history)] != history or history[-1].get("eval_error") != summary.get("best_eval_error"):
+        raise ReslabError(f"{args.run_dir}: best.pt is not the best epoch of the run that metrics.jsonl and "
+                          "summary.json describe")
+    return chosen, history
+
+
+def write_weights(args: argparse.Namespace, chosen: Checkpoint, history: list[dict], arrays: ImageArrays,
+                  flips: bool | None):
+    """The slim checkpoint (no optimizer) in the weights folder and its index.json entry; returns the file
+    name, its measured float32 (and flip) results and the entry."""
+    c = chosen.config
+    slim = Checkpoint(spec=chosen.spec, classes=chosen.classes, normalizer=chosen.normalizer,
+                      input_size=chosen.input_size, model_state=chosen.model_state,
+                      progress={"step": chosen.progress["step"], "history": history}, config=c,
+                      trained_with_flips=flips)
     data = Path(c["data"]).name
     filename = f"{data}-{args.name}.pt"
-    final = args.weights_dir / filename
     # Measure the file users will load, and only then replace the bundled one: a failure on the
     # way leaves the old file and its index entry as they were.
     staged = save_checkpoint(slim, args.weights_dir / (filename + ".new"))
@@ -117,38 +132,50 @@ def bundle(args: argparse.Namespace) -> None:
         plain = measure(bundled, arrays, "none")
         flipped = measure(bundled, arrays, "flip") if flips else None
         digest = sha256(staged)
-        os.replace(staged, final)
+        os.replace(staged, args.weights_dir / filename)
     finally:
         staged.unlink(missing_ok=True)
-    best_row = history[-1]
     index_path = args.weights_dir / "index.json"
     index = json.loads(index_path.read_text()) if index_path.exists() else {}
-    index[args.name] = {"file": filename, "sha256": digest, "card": filename[:-3] + ".md", "data": data,
-                        "val_accuracy": round(1 - plain.error, 4), "epoch": best_row["epoch"]}
+    entry = {"file": filename, "sha256": digest, "card": filename[:-3] + ".md", "data": data,
+             "val_accuracy": round(1 - plain.error, 4), "epoch": history[-1]["epoch"]}
     if flipped is not None:
-        index[args.name]["val_accuracy_flip_tta"] = round(1 - flipped.error, 4)
+        entry["val_accuracy_flip_tta"] = round(1 - flipped.error, 4)
+    index[args.name] = entry
     atomic_write_text(json.dumps(index, indent=2, sort_keys=True) + "\n", index_path)
-    tta_note = (f"; {100 * (1 - flipped.error):.2f}% with flip test-time augmentation (`--tta flip`)"
-                if flipped is not None else "; trained without mirror images, so no flip test-time augmentation")
+    return filename, plain, flipped, entry
 
-    def percent(value: float | None) -> str:
-        return "" if value is None else f"{100 * value:.2f}"
 
+def percent(value: float | None) -> str:
+    return "" if value is None else f"{100 * value:.2f}"
+
+
+def curve_table(run_history: list[dict]) -> str:
+    """The card's training curve: train and val error per epoch (and the average's, when the run averaged)."""
     averaging = any("average_eval_error" in r for r in run_history)
-    curve = "\n".join(f"| {r['epoch']} | {percent(r['train_error'])} | {percent(r.get('eval_error'))} |"
-                      + (f" {percent(r.get('average_eval_error'))} |" if averaging else "") for r in run_history)
-    curve_head = ("| epoch | train error % | val error % |" + (" averaged weights' val error % |" if averaging else "")
-                  + "\n|---|---|---|" + ("---|" if averaging else ""))
+    head = ("| epoch | train error % | val error % |" + (" averaged weights' val error % |" if averaging else "")
+            + "\n|---|---|---|" + ("---|" if averaging else ""))
+    rows = "\n".join(f"| {r['epoch']} | {percent(r['train_error'])} | {percent(r.get('eval_error'))} |"
+                     + (f" {percent(r.get('average_eval_error'))} |" if averaging else "") for r in run_history)
+    return f"{head}\n{rows}"
+
+
+def which_weights(args: argparse.Namespace, c: dict, run_history: list[dict], best_row: dict) -> str:
     if args.averaged:
         first = next(r["epoch"] for r in run_history if "averaged_epochs" in r)
-        which = (f"The weights are the mean of those at the ends of epochs {first}-{best_row['epoch']} of "
-                 f"{len(run_history)} (stochastic weight averaging, `average_from` {c['average_from']}), their BN "
-                 f"statistics measured again on the last epoch's augmented training batches "
-                 f"({100 * (1 - best_row['average_eval_error']):.2f}% on `{c['eval_split']}` then")
-    else:
-        which = (f"The weights are those of epoch {best_row['epoch']} of {len(run_history)}, the best on "
-                 f"`{c['eval_split']}` during training ({100 * (1 - best_row['eval_error']):.2f}% then")
-    extras = "".join([
+        return (f"The weights are the mean of those at the ends of epochs {first}-{best_row['epoch']} of "
+                f"{len(run_history)} (stochastic weight averaging, `average_from` {c['average_from']}), their BN "
+                f"statistics measured again on the last epoch's augmented training batches "
+                f"({100 * (1 - best_row['average_eval_error']):.2f}% on `{c['eval_split']}` then")
+    return (f"The weights are those of epoch {best_row['epoch']} of {len(run_history)}, the best on "
+            f"`{c['eval_split']}` during training ({100 * (1 - best_row['eval_error']):.2f}% then")
+
+
+def recipe_extras(run_dir: Path, c: dict) -> str:
+    """Cutout, the teacher and the start file, as the run recorded them."""
+    facts = read_run_facts(run_dir)
+    teacher, start = facts.get("teacher", []), facts.get("init_from")
+    return "".join([
         f"; cutout {c['cutout']}x{c['cutout']}" if c.get("cutout") else "",
         f"; distilled from `{teacher_names([m['source'] for m in teacher])}` (SHA-256 "
         f"{short_shas([m['sha256'] for m in teacher])}, weight {c['distill_weight']}, T {c['distill_temperature']}, "
@@ -156,9 +183,18 @@ def bundle(args: argparse.Namespace) -> None:
         f"; started from the weights of `{Path(c['init_from']).name}`"
         + (f" (SHA-256 {start['sha256'][:12]}...)" if start else "") if c.get("init_from") else "",
     ])
-    card = f"""# {args.name} on {data} (bundled with reslab)
 
-- **Architecture**: {best.spec.name}, {sum(v.numel() for k, v in best.model_state.items() if 'running' not in k and 'num_batches' not in k):,} parameters, shortcut option {best.spec.shortcut}
+
+def card_text(args: argparse.Namespace, chosen: Checkpoint, summary: dict, run_history: list[dict], best_row: dict,
+              filename: str, digest: str, plain, flipped) -> str:
+    c, data = chosen.config, Path(chosen.config["data"]).name
+    tta_note = (f"; {100 * (1 - flipped.error):.2f}% with flip test-time augmentation (`--tta flip`)"
+                if flipped is not None else "; trained without mirror images, so no flip test-time augmentation")
+    which, extras = which_weights(args, c, run_history, best_row), recipe_extras(args.run_dir, c)
+    curve = curve_table(run_history)
+    return f"""# {args.name} on {data} (bundled with reslab)
+
+- **Architecture**: {chosen.spec.name}, {sum(v.numel() for k, v in chosen.model_state.items() if 'running' not in k and 'num_batches' not in k):,} parameters, shortcut option {chosen.spec.shortcut}
 - **Data**: {args.data_note}
 - **Split**: trained on `{c['train_split']}`, selected and measured on `{c['eval_split']}` (val_fraction {c['val_fraction']}: per class, the last {100 * c['val_fraction']:g}% in file order)
 - **Validation accuracy**: {100 * (1 - plain.error):.2f}% (top-5 {100 * (1 - plain.top5_error):.2f}%) on the {int(plain.count):,} `{c['eval_split']}` images, float32, this file{tta_note}. {which}{', measured under bf16 autocast' if c.get('cpu_bf16') else ''})
@@ -166,17 +202,14 @@ def bundle(args: argparse.Namespace) -> None:
 - **Command**: `{args.command}`
 - **Seed**: {c['seed']}
 - **Wall time**: {summary['wall_time_s'] / 60:.1f} minutes on {args.machine}
-- **Classes**: {', '.join(best.classes)}
-- **Preprocessing**: {best.input_size}x{best.input_size} {'RGB' if best.spec.in_channels == 3 else f'{best.spec.in_channels}-channel'}; `(x / 255 - mean) / std` per channel with mean {[round(v, 4) for v in best.normalizer.mean.tolist()]}, std {[round(v, 4) for v in best.normalizer.std.tolist()]}; images of other sizes are resized (shorter side) and centre-cropped by `reslab predict`
-- **File**: `{filename}`, SHA-256 `{index[args.name]['sha256']}`, checked on every load
+- **Classes**: {', '.join(chosen.classes)}
+- **Preprocessing**: {chosen.input_size}x{chosen.input_size} {'RGB' if chosen.spec.in_channels == 3 else f'{chosen.spec.in_channels}-channel'}; `(x / 255 - mean) / std` per channel with mean {[round(v, 4) for v in chosen.normalizer.mean.tolist()]}, std {[round(v, 4) for v in chosen.normalizer.std.tolist()]}; images of other sizes are resized (shorter side) and centre-cropped by `reslab predict`
+- **File**: `{filename}`, SHA-256 `{digest}`, checked on every load
 
 ## Training curve
 
-{curve_head}
 {curve}
 """
-    atomic_write_text(card, args.weights_dir / index[args.name]["card"])
-    print(f"wrote {args.weights_dir / filename} and its card")
 
 
 if __name__ == "__main__":
