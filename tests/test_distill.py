@@ -16,7 +16,8 @@ from reslab.models.resnet import ResNet
 from reslab.checkpoint import load_checkpoint, save_checkpoint
 from reslab.train.config import resolve
 from reslab.train.distill import (CachedTeacher, Distillation, Teacher, cached_teacher_logits, check_teacher,
-                                  distillation_loss, load_teacher, teacher_checkpoint, teacher_sources)
+                                  distillation_loss, load_teacher, teacher_checkpoint)
+from reslab.train.config import teacher_sources
 from reslab.train.objective import CrossEntropy
 
 

@@ -24,6 +24,7 @@ if TYPE_CHECKING:
     from ..models.resnet import NetSpec
 
 DEFAULT_MODEL = "resnet20"
+ENSEMBLE_JOIN = "+"  # the command line's way to name several teachers: resnet56+resnet20
 SCHEDULES = ("multistep", "onecycle", "cosine", "constant")
 OPTIMIZERS = ("sgd", "adamw")
 DEVICES = ("auto", "cpu", "cuda", "mps")
@@ -241,14 +242,24 @@ def _renamed(values: dict[str, Any]) -> dict[str, Any]:
     return values
 
 
+def teacher_sources(teacher: str) -> list[str]:
+    """The members of a command line's ``teacher``: itself when it names an existing file or folder,
+    else its +-joined parts."""
+    if Path(teacher).exists() or ENSEMBLE_JOIN not in teacher:
+        return [teacher]
+    parts = teacher.split(ENSEMBLE_JOIN)
+    if "" in parts:
+        raise ConfigError(f"teacher {teacher!r}: an empty name between the '+' of an ensemble")
+    return parts
+
+
 def apply(config: TrainConfig, values: dict[str, Any], where: str) -> TrainConfig:
-    unknown = sorted(set(_renamed(values)) - set(FIELDS))
+    values = _renamed(values)
+    unknown = sorted(set(values) - set(FIELDS))
     if unknown:
         raise ConfigError(f"{where}: unknown setting(s) {', '.join(unknown)}")
-    changes = {k: _coerce(k, v) for k, v in _renamed(values).items()}
+    changes = {k: _coerce(k, v) for k, v in values.items()}
     if isinstance(changes.get("teacher"), str):
-        from .distill import teacher_sources
-
         changes["teacher"] = teacher_sources(changes["teacher"])
     for key, value in changes.items():
         if key == "model_options" and not isinstance(value, dict):

@@ -42,9 +42,9 @@ from ..data.loader import Batch
 from ..errors import CheckpointError, ConfigError
 from ..fileio import sha256
 from ..inference import optimize_for_inference
+from .config import ENSEMBLE_JOIN
 
 
-ENSEMBLE_JOIN = "+"
 
 
 class MeanLogits(nn.Module):
@@ -106,17 +106,6 @@ class Distillation:
         teacher_logits = self.teacher_logits(batch)
         hard = F.cross_entropy(logits, batch.labels, label_smoothing=self.label_smoothing)
         return (1 - self.weight) * hard + self.weight * distillation_loss(logits, teacher_logits, self.temperature)
-
-
-def teacher_sources(teacher: str) -> list[str]:
-    """The members of a command line's ``teacher``: itself when it names an existing file or folder,
-    else its +-joined parts."""
-    if Path(teacher).exists() or ENSEMBLE_JOIN not in teacher:
-        return [teacher]
-    parts = teacher.split(ENSEMBLE_JOIN)
-    if "" in parts:
-        raise ConfigError(f"teacher {teacher!r}: an empty name between the '+' of an ensemble")
-    return parts
 
 
 def teacher_checkpoint(source: str) -> Checkpoint:

@@ -30,9 +30,9 @@ from ..models.registry import resolve_spec
 from ..models.resnet import NetSpec, ResNet
 from . import distributed
 from .averaging import WeightAverage, WeightAveraging, first_averaged_epoch
-from .config import DEFAULT_MODEL, TrainConfig
+from .config import DEFAULT_MODEL, TrainConfig, teacher_sources
 from .console import Console
-from .distill import Distillation, OnlineTeacher, Teacher, cache_teacher, prepare_teacher, teacher_sources
+from .distill import Distillation, OnlineTeacher, Teacher, cache_teacher, prepare_teacher
 from .evaluate import evaluate
 from .extras import EpochExtra
 from .history import TensorBoard
