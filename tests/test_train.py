@@ -483,12 +483,13 @@ def test_a_loss_that_diverges_in_the_first_epoch_says_nothing_was_kept(tmp_path)
     (["--threads", "0"], "threads must be 1 or more, got 0"),
     (["--threads", "-1"], "threads must be 1 or more, got -1"),
     (["--out", "FILE"], "is a file, not a folder"),
+    (["--out", "FILE/run"], "cannot write the run folder"),
 ])
 def test_train_flags_that_cannot_work_are_one_line(flags, message, tmp_path):
     from conftest import cli
 
     (tmp_path / "FILE").write_text("a user's file\n")
-    flags = [str(tmp_path / "FILE") if f == "FILE" else f for f in flags]
+    flags = [str(tmp_path / f) if f.startswith("FILE") else f for f in flags]
     out = [] if "--out" in flags else ["--out", str(tmp_path / "run")]
     result = cli("train", "--data", "digits", "--model", "resnet", "--set", "model_options.depth=8", "--epochs", "1",
                  *out, *flags)
