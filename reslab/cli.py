@@ -310,20 +310,30 @@ def _ints(text: str) -> list[int]:
 
 def cmd_experiment(args: argparse.Namespace) -> None:
     from .analysis import experiments
+    from .analysis.protocols import DEFAULT_SEEDS, protocol
+    from .errors import ConfigError
     from .train.config import parse_overrides
 
+    recipe, budget, seeds = args.recipe or "paper", args.budget or 1.0, DEFAULT_SEEDS[args.name]
+    if args.protocol:
+        if args.recipe or args.budget:
+            raise ConfigError("--protocol sets the recipe and budget; drop --recipe/--budget, or drop --protocol")
+        chosen = protocol(args.protocol)
+        recipe, budget, seeds = chosen.recipe, chosen.budget, chosen.seeds_for(args.name)
+    seeds = args.seeds or seeds
     out = _output_folder(Path(args.out or f"runs/experiment-{args.name}"), "--out")
-    settings = experiments.ExperimentSettings(out=out, data=args.data, data_root=args.data_root, budget=args.budget,
-                                              recipe=args.recipe, eval_split=args.eval_split, jobs=args.jobs,
-                                              extra=parse_overrides(args.set or []), quiet=args.quiet)
+    settings = experiments.ExperimentSettings(out=out, data=args.data, data_root=args.data_root, budget=budget,
+                                              recipe=recipe, eval_split=args.eval_split, jobs=args.jobs,
+                                              extra=parse_overrides(args.set or []), quiet=args.quiet,
+                                              train=not args.report_only, protocol=args.protocol)
     if args.name == "degradation":
-        report = experiments.degradation(settings, _ints(args.depths or "20,32,44,56"), seed=args.seed)
+        report = experiments.degradation(settings, _ints(args.depths or "20,32,44,56"), seeds, args.seed)
     elif args.name == "table6":
-        report = experiments.table6(settings, _ints(args.depths or "20,32,44,56"), seeds=args.seeds)
+        report = experiments.table6(settings, _ints(args.depths or "20,32,44,56"), seeds, args.seed)
     else:
-        report = experiments.shortcuts(settings, args.depth, seed=args.seed)
+        report = experiments.shortcuts(settings, args.depth, seeds, args.seed)
     print(report.read_text())
-    print(f"wrote {report.parent}")
+    print(f"wrote {report}")
 
 
 def cmd_analyze(args: argparse.Namespace) -> None:
@@ -494,16 +504,23 @@ def _add_experiment(verbs: argparse._SubParsersAction) -> None:
     p.add_argument("name", choices=["degradation", "table6", "shortcuts"])
     p.add_argument("--depths", help="comma-separated depths (default 20,32,44,56)")
     p.add_argument("--depth", type=int, default=20, help="shortcuts: the depth")
-    p.add_argument("--seeds", type=positive_int, default=3, help="table6: seeds per depth")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--budget", type=float, default=1.0, help="fraction of the recipe's length (paper: 64k iterations; fast: 40 epochs)")
-    p.add_argument("--recipe", default="paper")
+    p.add_argument("--seeds", type=positive_int,
+                   help="seeds per network (default: the protocol's; without one, 3 for table6, else 1)")
+    p.add_argument("--seed", type=int, default=0, help="the first seed")
+    p.add_argument("--protocol", choices=["short", "full"],
+                   help="short: the CPU protocol of docs/results.md; full: the paper's 64k iterations")
+    p.add_argument("--budget", type=float, help="fraction of the recipe's length (paper: 64k iterations; "
+                   "fast: 40 epochs); default 1")
+    p.add_argument("--recipe", help="default paper")
     p.add_argument("--data", default="cifar10")
     p.add_argument("--data-root")
     p.add_argument("--eval-split", default="val")
     p.add_argument("--jobs", type=positive_int, default=1, help="members trained in parallel processes")
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="any training setting for every member")
-    p.add_argument("--out", help="experiment folder (default runs/experiment-NAME); rerun to resume")
+    p.add_argument("--out", help="experiment folder (default runs/experiment-NAME); rerun to resume. "
+                   "Experiments given one folder share the members they have in common")
+    p.add_argument("--report-only", action="store_true",
+                   help="train nothing: rebuild the report from the members finished so far")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_experiment)
 

@@ -14,10 +14,10 @@ import yaml
 from torch import nn
 
 import reslab
-from reslab.analysis import experiments
+from reslab.analysis import members as runner
 from reslab.analysis.deepen import deepen, max_output_difference
-from reslab.analysis.experiments import (ExperimentSettings, Member, _member_config, degradation, run_members,
-                                        shortcuts, table6)
+from reslab.analysis.experiments import degradation, shortcuts, table6
+from reslab.analysis.members import ExperimentSettings, Member, member_config, run_members
 from reslab.analysis.responses import layer_responses, response_layers
 from reslab.errors import ConfigError, SpecError
 from reslab.train.loop import fit
@@ -91,42 +91,73 @@ TINY = dict(data="digits", budget=0.0005, eval_split="val", extra={"batch_size":
 
 
 def test_degradation_experiment_writes_figures_table_report_and_resumes(tmp_path):
-    settings = ExperimentSettings(out=tmp_path / "deg", **TINY)
+    out = tmp_path / "deg"
+    settings = ExperimentSettings(out=out, **TINY)
     report = degradation(settings, [8, 14])
     text = report.read_text()
-    for name in ("figure6.png", "report.md", "table.md", "results.json"):
-        assert (tmp_path / "deg" / name).exists()
-    assert "REDUCED BUDGET" in text
+    for name in ("degradation-figure6.png", "degradation-figure1.png", "degradation-responses.png",
+                 "degradation.md", "degradation.json"):
+        assert (out / name).exists(), name
+    assert "REDUCED BUDGET" in text and "NOT FINISHED" not in text
     assert re.search(r"\|\s+8 \|", text) and re.search(r"\|\s+14 \|", text)
-    results = json.loads((tmp_path / "deg" / "results.json").read_text())
-    assert set(results["histories"]) == {"plain8", "plain14", "resnet8", "resnet14"}
+    assert "Fig. 1: plain-14's training error is above plain-8's at" in text
+    results = json.loads((out / "degradation.json").read_text())
+    names = {"plain8-seed0", "plain14-seed0", "resnet8-seed0", "resnet14-seed0"}
+    assert set(results["histories"]) == names and results["missing"] == []
     assert all(h[-1]["step"] == 32 for h in results["histories"].values())  # 0.0005 * 64k
+    # Fig. 7 from each member's final weights, kept as metrics: 7 and 13 3x3 layers.
+    responses = {n: json.loads((out / "members" / n / "responses.json").read_text()) for n in names}
+    assert len(responses["resnet8-seed0"]) == 7 and len(responses["plain14-seed0"]) == 13
     # Identical data order: same seed, same recipe in every member.
-    configs = [yaml.safe_load((tmp_path / "deg" / "members" / m / "config.yaml").read_text())
-               for m in ("plain8", "resnet8")]
+    configs = [yaml.safe_load((out / "members" / m / "config.yaml").read_text())
+               for m in ("plain8-seed0", "resnet8-seed0")]
     assert configs[0]["seed"] == configs[1]["seed"] and configs[0]["iterations"] == configs[1]["iterations"]
-    # Rerunning skips finished members.
-    before = (tmp_path / "deg" / "members" / "plain8" / "last.pt").stat().st_mtime_ns
+    # Rerunning skips finished members; so does another experiment given the same folder.
+    before = (out / "members" / "plain8-seed0" / "last.pt").stat().st_mtime_ns
     degradation(settings, [8, 14])
-    assert (tmp_path / "deg" / "members" / "plain8" / "last.pt").stat().st_mtime_ns == before
+    assert (out / "members" / "plain8-seed0" / "last.pt").stat().st_mtime_ns == before
+    text = table6(settings, [8, 14], seeds=1).read_text()
+    assert "ResNet-8" in text and "(n=1)" in text and len(list((out / "members").iterdir())) == 4
+    assert "The expected order of validation error (ResNet-8 > ResNet-14)" in text
+
+
+def test_a_report_is_rebuilt_from_committed_metrics_alone(tmp_path):
+    """What docs/evidence commits (no checkpoints) is enough to rebuild a report and to finish an
+    experiment in another session; a folder started under other settings is refused, not mixed."""
+    import shutil
+
+    out = tmp_path / "exp"
+    table6(ExperimentSettings(out=out, **TINY), [8], seeds=2)
+    first = json.loads((out / "table6.json").read_text())
+    committed = tmp_path / "committed"
+    shutil.copytree(out, committed, ignore=shutil.ignore_patterns("*.pt", ".lock", "stderr.log"))
+    shutil.rmtree(committed / "members" / "resnet8-seed1")  # a member the last session did not finish
+    partial = table6(ExperimentSettings(out=committed, train=False, **TINY), [8], seeds=2).read_text()
+    assert "NOT FINISHED (1 of 2 members): resnet8-seed1" in partial
+    finished = table6(ExperimentSettings(out=committed, **TINY), [8], seeds=2).read_text()
+    assert "(n=2)" in finished and "NOT FINISHED" not in finished
+    assert not (committed / "members" / "resnet8-seed0" / "last.pt").exists()  # it was not trained again
+    # CPU training is deterministic: the member trained again equals the one trained the first time.
+    assert json.loads((committed / "table6.json").read_text())["rows"] == first["rows"]
+    with pytest.raises(ConfigError, match=r"resnet8-seed0 was trained with other settings \(iterations 32 then, 64 "):
+        table6(ExperimentSettings(out=committed, **{**TINY, "budget": 0.001}), [8], seeds=2)
+    # Experiments pointed at one folder share members: table6's ResNet-8 seed 0 is the shortcuts' option A.
+    before = (out / "members" / "resnet8-seed0" / "metrics.jsonl").stat().st_mtime_ns
+    text = shortcuts(ExperimentSettings(out=out, **TINY), depth=8).read_text()
+    assert (out / "members" / "resnet8-seed0" / "metrics.jsonl").stat().st_mtime_ns == before
+    assert "A (zero-padding identity)" in text and "C (projection everywhere)" in text and "plain" in text
+    assert "Option B:" in text and "A/B/C (the paper's ImageNet order" in text and (out / "shortcuts.png").exists()
+    assert {p.name for p in (out / "members").iterdir()} == {"resnet8-seed0", "resnet8-seed1", "resnet8B-seed0",
+                                                             "resnet8C-seed0", "plain8-seed0"}
 
 
 def test_interrupted_member_is_resumed(tmp_path):
     settings = ExperimentSettings(out=tmp_path / "sc", **TINY)
     member = Member("optionA", "A", 8, 0, {"model": "resnet", "model_options": {"depth": 8, "shortcut": "A"}})
-    stopped = fit(_member_config(settings, member), quiet=True, should_stop=lambda s: s == 10)
+    stopped = fit(member_config(settings, member), quiet=True, should_stop=lambda s: s == 10)
     assert stopped.status == "interrupted"
     histories = run_members(settings, [member])
     assert histories["optionA"][-1]["step"] == 32
-
-
-def test_table6_and_shortcuts_tables(tmp_path):
-    report = table6(ExperimentSettings(out=tmp_path / "t6", **TINY), [8], seeds=2)
-    assert "+-" in report.read_text() and "ResNet-8" in report.read_text()
-    report = shortcuts(ExperimentSettings(out=tmp_path / "sc", **TINY), depth=8)
-    text = report.read_text()
-    assert "optionA" in text and "optionC" in text and "plain" in text
-    assert (tmp_path / "sc" / "shortcuts.png").exists()
 
 
 def test_cli_deepen_then_continue_training(tmp_path):
@@ -153,7 +184,7 @@ def test_parallel_members_finish_and_a_failing_member_is_named(tmp_path):
     settings = ExperimentSettings(out=tmp_path / "par", jobs=2, **TINY)
     members = [Member("resnet8", "resnet", 8, 0, {"model": "resnet", "model_options": {"depth": 8}})]
     started = []
-    real_popen = experiments.subprocess.Popen
+    real_popen = runner.subprocess.Popen
 
     def recording_popen(command, **kw):
         started.append(Path(command[command.index("--config") + 1]).parent.name)
@@ -163,12 +194,12 @@ def test_parallel_members_finish_and_a_failing_member_is_named(tmp_path):
     # after the healthy members beside it have finished.
     members += [Member("resnet20", "resnet", 20, 0, {"model": "resnet", "model_options": {"depth": 20}}),
                 Member("broken", "resnet", 9, 0, {"model": "resnet", "model_options": {"depth": 9}})]
-    experiments.subprocess.Popen = recording_popen
+    runner.subprocess.Popen = recording_popen
     try:
         with pytest.raises(ConfigError, match=r"members failed: broken: .*6n\+2"):
             run_members(settings, members)
     finally:
-        experiments.subprocess.Popen = real_popen
+        runner.subprocess.Popen = real_popen
     assert started == ["resnet20", "broken", "resnet8"]  # deepest first; the shallow one fills the freed slot
     for name in ("resnet8", "resnet20"):
         summary = json.loads((tmp_path / "par" / "members" / name / "summary.json").read_text())
@@ -201,12 +232,12 @@ def test_ctrl_c_stops_parallel_members_with_checkpoints_and_a_rerun_finishes(tmp
     finally:
         torch.set_num_threads(threads)  # the stopped members' configs hold one thread each
     assert rerun.returncode == 0, rerun.stderr
-    histories = json.loads((out / "results.json").read_text())["histories"]
+    histories = json.loads((out / "shortcuts.json").read_text())["histories"]
     assert len(histories) == 4 and all(h[-1]["step"] == 192 for h in histories.values())
 
 
 def test_a_requested_stop_starts_no_member_and_reads_as_ctrl_c(tmp_path, monkeypatch):
-    from reslab.analysis.experiments import _drive
+    from reslab.analysis.members import _drive
     from reslab.train.interrupt import StopFlag
     from reslab.train.loop import RunResult
 
@@ -216,11 +247,11 @@ def test_a_requested_stop_starts_no_member_and_reads_as_ctrl_c(tmp_path, monkeyp
     stop, running = StopFlag(), []
     stop.requested = True  # as the signal handler leaves it
     with pytest.raises(KeyboardInterrupt):
-        _drive(settings, list(members), running, {m.name: _member_config(settings, m) for m in members}, [], stop)
+        _drive(settings, list(members), running, {m.name: member_config(settings, m) for m in members}, [], stop)
     assert running == [] and not (tmp_path / "sc" / "members").exists()
     # One job at a time: a member that fit() reports interrupted (it saved) stops the experiment as Ctrl-C
     # does with several jobs, not as a failed member.
-    monkeypatch.setattr(experiments, "fit", lambda config, quiet: RunResult(tmp_path, "interrupted", [], None, "x"))
+    monkeypatch.setattr(runner, "fit", lambda config, quiet: RunResult(tmp_path, "interrupted", [], None, "x"))
     with pytest.raises(KeyboardInterrupt):
         run_members(ExperimentSettings(out=tmp_path / "one", **TINY), members[:1])
 
@@ -228,45 +259,61 @@ def test_a_requested_stop_starts_no_member_and_reads_as_ctrl_c(tmp_path, monkeyp
 def test_failures_before_a_ctrl_c_are_still_reported(tmp_path, monkeypatch, capsys):
     settings = ExperimentSettings(out=tmp_path / "sc", jobs=2, **TINY)
 
-    def fail_then_interrupt(settings, queue, running, configs, failures, stop):
+    def fail_then_interrupt(settings, queue, running, configs, failures, stop, on_done):
         failures.append("optionB: error: out of memory")
         raise KeyboardInterrupt
 
-    def fail_then_stop_requested(settings, queue, running, configs, failures, stop):
+    def fail_then_stop_requested(settings, queue, running, configs, failures, stop, on_done):
         failures.append("optionC: error: disk full")
         stop.requested = True  # Ctrl-C as the last member finished: _drive returns normally
 
     for drive, line in [(fail_then_interrupt, "optionB: error: out of memory"),
                         (fail_then_stop_requested, "optionC: error: disk full")]:
-        monkeypatch.setattr(experiments, "_drive", drive)
+        monkeypatch.setattr(runner, "_drive", drive)
         with pytest.raises(KeyboardInterrupt):
-            experiments._run_parallel(settings, [], {})
+            runner._run_parallel(settings, [], {})
         assert capsys.readouterr().err.strip() == f"members failed: {line}"
 
     def second_ctrl_c(running, quiet):  # pressed again while the members are being stopped
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(experiments, "_drive", fail_then_interrupt)
-    monkeypatch.setattr(experiments, "_stop_members", second_ctrl_c)
+    monkeypatch.setattr(runner, "_drive", fail_then_interrupt)
+    monkeypatch.setattr(runner, "_stop_members", second_ctrl_c)
     with pytest.raises(KeyboardInterrupt):
-        experiments._run_parallel(settings, [], {})
+        runner._run_parallel(settings, [], {})
     assert capsys.readouterr().err.strip() == "members failed: optionB: error: out of memory"
 
 
-def test_degradation_verdict_says_what_the_numbers_show():
-    from reslab.analysis.experiments import _degradation_verdict
+def test_claims_say_what_the_numbers_show():
+    from reslab.analysis.claims import Spread, above_throughout, decreasing
 
-    def h(train_error):
-        return [{"train_error": train_error, "eval_error": train_error}]
+    def h(*errors):
+        return [{"epoch": i + 1, "train_error": e, "eval_error": e} for i, e in enumerate(errors)]
 
-    paper_like = _degradation_verdict([20, 56], {"plain20": h(0.10), "plain56": h(0.15),
-                                                 "resnet20": h(0.08), "resnet56": h(0.05)})
-    assert "deeper is worse, the degradation" in paper_like and "deeper is no worse, as in the paper" in paper_like
-    assert "10.00 points below the plain net's" in paper_like
-    short = _degradation_verdict([20, 56], {"plain20": h(0.30), "plain56": h(0.25),
-                                            "resnet20": h(0.20), "resnet56": h(0.40)})
-    assert "deeper is NOT worse here" in short and "deeper is worse at this budget" in short
-    assert "15.00 points above the plain net's, unlike the paper" in short
+    assert above_throughout([h(0.9, 0.5, 0.3)], [h(0.8, 0.4, 0.2)], "train_error") == (3, 3)
+    assert above_throughout([h(0.9, 0.5), h(0.7, 0.6)], [h(0.8, 0.6), h(0.6, 0.5)], "eval_error") == (3, 4)
+    clear = decreasing({"R20": Spread((0.10, 0.11)), "R56": Spread((0.07, 0.08))})
+    assert clear.holds and not clear.unclear and "each step is larger than the spread" in clear.sentence()
+    close = decreasing({"R20": Spread((0.10, 0.12)), "R32": Spread((0.105, 0.11)), "R56": Spread((0.07, 0.08))})
+    assert close.holds and close.unclear == (("R20", "R32"),) and "within the spread" in close.sentence()
+    wrong = decreasing({"R20": Spread((0.10,)), "R56": Spread((0.20,))})
+    assert not wrong.holds and "does NOT hold" in wrong.sentence()
+    assert Spread((0.1, 0.2)).text() == "15.00 +- 7.07 (n=2)" and Spread(()).text() == ""
+
+
+def test_protocol_sets_recipe_budget_and_seeds(tmp_path):
+    result = cli("experiment", "table6", "--protocol", "short", "--budget", "0.5", "--out", str(tmp_path / "x"))
+    assert result.returncode == 2 and "--protocol sets the recipe and budget" in result.stderr
+    assert not (tmp_path / "x").exists()
+    from reslab.analysis.protocols import PROTOCOLS
+
+    short = PROTOCOLS["short"]
+    assert short.recipe == "fast" and short.seeds_for("table6") >= 3 and short.seeds_for("degradation") >= 2
+    settings = ExperimentSettings(out=tmp_path, recipe=short.recipe, budget=short.budget, protocol="short")
+    assert member_config(settings, Member("r", "resnet", 20, 0, {"model": "resnet20"})).schedule == "onecycle"
+    from reslab.analysis.experiments import _budget_note
+
+    assert _budget_note(settings).startswith("Protocol: short (the fast recipe")
 
 
 def test_budget_shortens_any_recipe(tmp_path):
@@ -286,3 +333,19 @@ def test_budget_shortens_any_recipe(tmp_path):
     assert by_epochs.overrides()["iterations"] is None and "5 epochs" in _budget_note(by_epochs)
     with pytest.raises(ConfigError, match="unknown recipe"):
         ExperimentSettings(out=tmp_path, recipe="slow").overrides()
+
+
+def test_the_gpu_evidence_script_runs_end_to_end_on_the_cpu(tmp_path):
+    """scripts/paper_evidence_gpu.py at a tiny budget: three experiments in one folder, members shared
+    and trained two at a time (on a GPU: the full protocol, several members sharing the device)."""
+    out = tmp_path / "evidence"
+    script = Path(__file__).resolve().parents[1] / "scripts" / "paper_evidence_gpu.py"
+    result = subprocess.run([sys.executable, str(script), "--smoke", "--jobs", "2", "--out", str(out)],
+                            capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-2000:]
+    for name in ("table6", "degradation", "shortcuts"):
+        report = (out / f"{name}.md").read_text()
+        assert "NOT FINISHED" not in report, name
+    assert sorted(p.name for p in (out / "members").iterdir()) == [
+        "plain14-seed0", "plain8-seed0", "resnet14-seed0", "resnet8-seed0", "resnet8B-seed0", "resnet8C-seed0"]
+    assert json.loads((out / "members" / "resnet8-seed0" / "run.json").read_text())["device"] == "cpu"

@@ -411,7 +411,7 @@ def test_bundle_card_counts_every_epoch_when_the_best_is_not_the_last(trained, t
 
 
 def test_the_paper_warmup_follows_the_depth_however_the_network_is_named(tmp_path):
-    from reslab.analysis.experiments import ExperimentSettings, Member, _member_config, _model
+    from reslab.analysis.members import ExperimentSettings, Member, family_net, member_config
 
     deep = [{"model": "resnet110"}, {"model": "plain1202"}, {"model": "resnet", "model_options": {"depth": 110}},
             {"model": "plain", "model_options": {"depth": 110}}]
@@ -426,8 +426,8 @@ def test_the_paper_warmup_follows_the_depth_however_the_network_is_named(tmp_pat
     assert resolve("paper", overrides={"model": str(spec)}).warmup_until_error == 0.8
     # `reslab experiment table6 --depths 110` names its members by family and depth.
     settings = ExperimentSettings(out=tmp_path / "exp", data="digits", budget=0.001)
-    member = Member("resnet110-seed0", "resnet", 110, 0, _model("resnet", 110))
-    assert _member_config(settings, member).warmup_until_error == 0.8
+    member = Member("resnet110-seed0", "resnet", 110, 0, family_net("resnet", 110))
+    assert member_config(settings, member).warmup_until_error == 0.8
 
 
 def test_a_batch_that_does_not_split_into_micro_batches_is_refused(tmp_path):

@@ -1,0 +1,94 @@
+"""The paper's claims, checked on measured numbers: each function says whether a claim holds and
+how clearly (by how much, against the spread between seeds). Pure functions of histories and
+numbers, so a report can be rebuilt from committed metrics and the judgement is tested on its own.
+"""
+
+from __future__ import annotations
+
+import statistics
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+History = list[dict[str, Any]]
+
+
+@dataclass(frozen=True)
+class Spread:
+    """Values of one quantity over seeds."""
+
+    values: tuple[float, ...]
+
+    @property
+    def mean(self) -> float:
+        return statistics.mean(self.values)
+
+    @property
+    def std(self) -> float:
+        return statistics.stdev(self.values) if len(self.values) > 1 else 0.0
+
+    def text(self, scale: float = 100.0) -> str:
+        """"24.80 +- 0.31 (n=3)" in percent by default."""
+        if not self.values:
+            return ""
+        if len(self.values) == 1:
+            return f"{scale * self.mean:.2f} (n=1)"
+        return f"{scale * self.mean:.2f} +- {scale * self.std:.2f} (n={len(self.values)})"
+
+
+def final(history: History, key: str) -> float | None:
+    values = [row[key] for row in history if row.get(key) is not None]
+    return values[-1] if values else None
+
+
+def spread(histories: Sequence[History], key: str) -> Spread:
+    """The last recorded ``key`` of each history (one per seed)."""
+    values = [final(h, key) for h in histories]
+    return Spread(tuple(v for v in values if v is not None))
+
+
+def above_throughout(worse: Sequence[History], better: Sequence[History], key: str) -> tuple[int, int]:
+    """Over seed-matched pairs, at every epoch both recorded: (epochs where ``worse`` is higher, epochs
+    compared). Fig. 1's claim is that plain-56 is above plain-20 *throughout* training."""
+    above = compared = 0
+    for a, b in zip(worse, better):
+        by_epoch = {row["epoch"]: row.get(key) for row in b}
+        for row in a:
+            other = by_epoch.get(row["epoch"])
+            if row.get(key) is not None and other is not None:
+                compared += 1
+                above += row[key] > other
+    return above, compared
+
+
+@dataclass(frozen=True)
+class Ordering:
+    """Whether errors fall in the order given (e.g. by depth), and where a step is within the spread."""
+
+    labels: tuple[str, ...]
+    holds: bool  # every mean strictly below the one before
+    unclear: tuple[tuple[str, str], ...]  # adjacent pairs whose gap is smaller than their seeds' spread
+
+    def sentence(self, what: str = "error") -> str:
+        chain = " > ".join(self.labels)
+        if not self.holds:
+            return f"The expected order of {what} ({chain}) does NOT hold in the means over seeds."
+        text = f"The expected order of {what} ({chain}) holds in the means over seeds"
+        if not self.unclear:
+            return text + ", and each step is larger than the spread between seeds."
+        pairs = ", ".join(f"{a} vs {b}" for a, b in self.unclear)
+        return text + f"; but these steps are within the spread between seeds (std): {pairs}."
+
+
+def decreasing(spreads: dict[str, Spread]) -> Ordering:
+    """Expect each spread's mean below the previous one's (dict order)."""
+    labels = tuple(spreads)
+    items = list(spreads.values())
+    holds = all(b.mean < a.mean for a, b in zip(items, items[1:]))
+    unclear = tuple((labels[i], labels[i + 1]) for i, (a, b) in enumerate(zip(items, items[1:]))
+                    if abs(a.mean - b.mean) <= max(a.std, b.std))
+    return Ordering(labels, holds, unclear)
+
+
+def mean_response(responses: Sequence[dict[str, Any]]) -> float:
+    """The mean over layers of each layer's response std (Fig. 7's quantity, in one number)."""
+    return statistics.mean(r["std"] for r in responses)
