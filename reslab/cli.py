@@ -225,17 +225,21 @@ def _is_checkpoint(arg: str) -> bool:
     return path.suffix in (".pt", ".pth") or (path.is_dir() and ((path / "best.pt").exists() or (path / "last.pt").exists()))
 
 
-def cmd_predict(args: argparse.Namespace) -> None:
-    from .models.pretrained import pretrained_checkpoint
-    from .predict import predict
+def _checkpoint_and_images(paths: Sequence[str], model: str | None):
+    """`VERB IMAGE...` uses the bundled model (or --model NAME); `VERB CHECKPOINT IMAGE...` a trained one."""
     from .checkpoint import load_checkpoint
+    from .models.pretrained import pretrained_checkpoint
 
-    # `predict IMAGE...` uses the bundled model; `predict CHECKPOINT IMAGE...` a trained one.
-    paths = list(args.paths)
-    if paths and _is_checkpoint(paths[0]) and (args.model is None):
-        checkpoint = load_checkpoint(paths.pop(0))
-    else:
-        checkpoint = pretrained_checkpoint(args.model or "resnet20")
+    paths = list(paths)
+    if paths and _is_checkpoint(paths[0]) and model is None:
+        return load_checkpoint(paths.pop(0)), paths
+    return pretrained_checkpoint(model or "resnet20"), paths
+
+
+def cmd_predict(args: argparse.Namespace) -> None:
+    from .predict import predict
+
+    checkpoint, paths = _checkpoint_and_images(args.paths, args.model)
     if not paths:
         raise ReslabError("no images given")
     _note_if_bfloat16_is_slow(args.precision)
@@ -245,6 +249,34 @@ def cmd_predict(args: argparse.Namespace) -> None:
         return
     for p in predictions:
         print(f"{p.path}: " + ", ".join(f"{name} {100 * prob:.1f}%" for name, prob in p.top))
+
+
+def cmd_explain(args: argparse.Namespace) -> None:
+    from .explain import explain, image_format, save_render
+
+    checkpoint, paths = _checkpoint_and_images(args.paths, args.model)
+    if len(paths) != 1:
+        raise ReslabError(f"explain takes one image, got {len(paths)} (a checkpoint, given first, is a .pt/.pth "
+                          "file or a run folder)")
+    if args.out is None and not args.json:
+        raise ReslabError("nothing to write: give --out FILE.png, --json, or both")
+    out = None
+    if args.out:
+        out = _output_file(Path(args.out), "--out")  # before the work, not after it
+        image_format(out)
+    result = explain(checkpoint, paths[0], class_name=args.target_class, layer=args.layer)
+    if out:
+        save_render(result, out)
+    if args.json:
+        print(json.dumps({**result.to_dict(), "out": None if out is None else str(out)}))
+        return
+    peak = result.peak
+    where = (f"peak at row {peak[0]}, column {peak[1]} of the {result.heatmap.shape[1]}x{result.heatmap.shape[0]} input"
+             if peak else "empty: no place in the image raises this class's score")
+    print(f"{result.image}: {result.class_name} {100 * result.probability:.1f}% (predicted: {result.predicted}); "
+          f"Grad-CAM at {result.layer} ({'x'.join(map(str, result.layer_map.shape))}), {where}")
+    if out:
+        print(f"wrote {out}")
 
 
 def cmd_export(args: argparse.Namespace) -> None:
@@ -426,7 +458,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="reslab", description="Deep residual networks: build, train, study, use.")
     parser.add_argument("--version", action="version", version=f"reslab {__version__}")
     verbs = parser.add_subparsers(dest="verb", required=True, metavar="VERB")
-    for add_verb in (_add_models, _add_summary, _add_train, _add_eval, _add_predict, _add_export,
+    for add_verb in (_add_models, _add_summary, _add_train, _add_eval, _add_predict, _add_explain, _add_export,
                      _add_experiment, _add_analyze, _add_deepen):  # in `reslab --help`'s order
         add_verb(verbs)
     return parser
@@ -489,6 +521,24 @@ def _add_predict(verbs: argparse._SubParsersAction) -> None:
     _add_inference_flags(p)
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_predict)
+
+
+def _add_explain(verbs: argparse._SubParsersAction) -> None:
+    p = verbs.add_parser("explain", help="Grad-CAM: where in an image the model found its evidence",
+                         usage="reslab explain [CHECKPOINT] IMAGE [--class NAME] [--layer NAME] [--out FILE.png] "
+                               "[--json] [--model NAME]",
+                         description="reslab explain [CHECKPOINT] IMAGE --out cam.png: the class activation map "
+                                     "(Grad-CAM) of the predicted class, or of --class, drawn over the image as "
+                                     "the model saw it. Without a checkpoint, the bundled ResNet-20 (or --model).")
+    p.add_argument("paths", nargs="+", metavar="[CHECKPOINT] IMAGE", help="a checkpoint or run folder, then one image")
+    p.add_argument("--model", help="a bundled model instead of a checkpoint (see `reslab models`)")
+    p.add_argument("--class", dest="target_class", metavar="NAME",
+                   help="the class to explain, by name or index (default: the predicted one)")
+    p.add_argument("--layer", metavar="NAME", help="the module whose output is mapped (default: the last stage, stages.N; "
+                                   "e.g. stages.1 for a finer map)")
+    p.add_argument("--out", metavar="FILE.png", help="write the image and the map over it, side by side")
+    p.add_argument("--json", action="store_true", help="print the map, class, probability and peak as JSON")
+    p.set_defaults(func=cmd_explain)
 
 
 def _add_export(verbs: argparse._SubParsersAction) -> None:

@@ -46,6 +46,10 @@ def atomic_write_text(text: str, path: Path) -> Path:
     return _atomic(path, write)
 
 
+def atomic_write_bytes(data: bytes, path: Path) -> Path:
+    return _atomic(path, lambda tmp: Path(tmp).write_bytes(data))
+
+
 def file_digest(path: str | Path, algorithm: str = "sha256", chunk: int = 1 << 20) -> str:
     """The hex digest of a file's bytes, read in chunks (bundled weights and run inputs use SHA-256;
     dataset archives are published with MD5)."""

@@ -148,6 +148,10 @@ def _predict(image: Callable[[World], Path], *extra: str) -> Callable[[World], l
     return lambda w: ["predict", str(w.checkpoint()), str(image(w)), *extra]
 
 
+def _explain(image: Callable[[World], Path], *extra: str) -> Callable[[World], list[str]]:
+    return lambda w: ["explain", str(w.checkpoint()), str(image(w)), *extra]
+
+
 def _spec(name: str, text: str | bytes) -> Callable[[World], list[str]]:
     return lambda w: ["summary", str(w.file(name, text if isinstance(text, bytes) else text.encode()))]
 
@@ -183,6 +187,32 @@ CASES = [
     Case("predict-unknown-precision", _predict(lambda w: w.png("ok.png"), "--precision", "float8"), "float8"),
     Case("predict-unbundled-model", lambda w: ["predict", "--model", "resnet110", str(w.png("ok.png"))],
          "resnet110"),
+    # ---- explain
+    Case("explain-missing-checkpoint", lambda w: ["explain", str(w.path("gone.pt")), str(w.png("ok.png")), "--json"],
+         "gone.pt: no such checkpoint"),
+    Case("explain-missing-image", _explain(lambda w: w.path("nope.png"), "--json"), "nope.png: no such file"),
+    Case("explain-text-as-png", _explain(lambda w: w.file("words.png", b"hello, not pixels\n"), "--json"),
+         "words.png: not a readable image"),
+    Case("explain-image-is-a-folder", _explain(lambda w: (w.path("shots").mkdir(), w.path("shots"))[1], "--json"),
+         "shots: a folder"),
+    Case("explain-fifo", _explain(lambda w: w.fifo("pipe.png"), "--json"), "pipe.png: a named pipe", fifo=True),
+    Case("explain-two-images", _explain(lambda w: w.png("ok.png"), str(Path("ok.png")), "--json"), "one image"),
+    Case("explain-nothing-to-write", _explain(lambda w: w.png("ok.png")), "nothing to write"),
+    Case("explain-unknown-class", _explain(lambda w: w.png("ok.png"), "--class", "zebra", "--json"),
+         "--class zebra: not one of the model's classes (a, b)"),
+    Case("explain-class-index-too-large", _explain(lambda w: w.png("ok.png"), "--class", "2", "--json"),
+         "--class 2"),
+    Case("explain-unknown-layer", _explain(lambda w: w.png("ok.png"), "--layer", "stages.9", "--json"),
+         "--layer stages.9: no such module"),
+    Case("explain-layer-not-a-map", _explain(lambda w: w.png("ok.png"), "--layer", "head.fc", "--json"),
+         "not a feature map"),
+    Case("explain-out-is-a-folder", lambda w: ["explain", str(w.checkpoint()), str(w.png("ok.png")), "--out",
+                                               str((w.path("camdir").mkdir(), w.path("camdir"))[1])], "is a folder"),
+    Case("explain-out-under-a-file", lambda w: ["explain", str(w.checkpoint()), str(w.png("ok.png")), "--out",
+                                                str(w.file("plain.txt", b"x") / "cam.png")],
+         "is a file, so nothing can be written"),
+    Case("explain-out-not-an-image-name", _explain(lambda w: w.png("ok.png"), "--out", "cam.txt"),
+         "not an image file name"),
     # ---- checkpoints
     Case("checkpoint-missing", lambda w: ["predict", str(w.path("gone.pt")), str(w.png("ok.png"))],
          "gone.pt: no such checkpoint"),
