@@ -213,6 +213,10 @@ class ResNet(nn.Module):
 
     def reset_parameters(self) -> None:
         """He initialisation (paper Sec. 3.4, ref. [13]); BN starts as identity."""
+        if self.stem.conv.weight.is_meta:
+            # Built on the meta device (summary.py) there are no values to draw, and drawing them through
+            # PyTorch's Python decompositions took over half of ResNet-152's summary time.
+            return
         for m in self.modules():
             if isinstance(m, nn.Conv2d):
                 nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
