@@ -31,7 +31,7 @@ def cmd_models(args: argparse.Namespace) -> None:
             continue
         s = preset_summary(info.name)
         record = {"name": info.name, "family": info.family, "depth": info.depth, "residual": info.residual,
-                  "params": s.params, "flops": s.flops, "input_size": s.input_shape[-1],
+                  "preact": info.preact, "params": s.params, "flops": s.flops, "input_size": s.input_shape[-1],
                   "paper_error": info.paper_error, "paper_source": info.paper_source,
                   "pretrained": info.name in bundled}
         records.append(record)
@@ -43,7 +43,8 @@ def cmd_models(args: argparse.Namespace) -> None:
         return
     print(format_table(["name", "family", "depth", "params", "FLOPs", "input", "paper err %", "weights"], rows))
     print("\nFLOPs are multiply-adds at the input size shown. Paper errors: CIFAR-10 test (Table 6), "
-          "ImageNet top-1 10-crop (Table 2).\nAlso: create_model('resnet', depth=6n+2) / 'plain', "
+          "ImageNet top-1 10-crop (Table 2). preact*: pre-activation blocks (He et al. 2016).\n"
+          "Also: create_model('resnet', depth=6n+2) / 'plain' / 'preact' (block='bottleneck' for 9n+2), "
           "or a .yaml/.json spec (see `reslab summary --help`).")
 
 

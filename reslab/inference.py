@@ -5,6 +5,11 @@ so ``BN(conv(x))`` is one conv with scaled weights and a bias. Folding removes e
 a fifth of ResNet-20's CPU inference time, see docs/performance.md) and changes outputs only by
 float rounding (tested to 1e-5).
 
+Only the pairs each module declares in ``CONV_BN_PAIRS`` are merged: a BN that reads a conv's output,
+and the only reader of it. In a pre-activation network (He et al. 2016) BN comes before its conv, after
+the sum of a shortcut and a branch, so its first BN in each block and the head's BN stay as they are:
+a BN followed by ReLU cannot be merged into the conv after it.
+
 ``precision="bfloat16"`` also casts the folded weights to bfloat16. On CPUs with bf16 dot-product
 instructions (AVX512_BF16, AMX) and on GPUs that roughly doubles throughput; outputs then differ from
 float32 by bf16 rounding (about 3 significant digits), so it is opt-in and its accuracy is measured
@@ -19,9 +24,6 @@ import math
 import torch
 from torch import nn
 
-# (conv, bn) attribute pairs in reslab's modules: blocks, stem and projection shortcuts.
-_PAIRS = (("conv1", "bn1"), ("conv2", "bn2"), ("conv3", "bn3"), ("conv", "bn"))
-
 
 @torch.no_grad()
 def fold_conv_bn(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> nn.Conv2d:
@@ -35,10 +37,10 @@ def fold_conv_bn(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> nn.Conv2d:
 
 
 def fold_batchnorm(model: nn.Module) -> nn.Module:
-    """A copy of ``model`` (in eval mode) with every conv->BN pair merged into one conv."""
+    """A copy of ``model`` (in eval mode) with every conv->BN pair its modules declare merged into one conv."""
     model = copy.deepcopy(model).eval()
     for module in model.modules():
-        for conv_name, bn_name in _PAIRS:
+        for conv_name, bn_name in getattr(module, "CONV_BN_PAIRS", ()):
             conv, bn = getattr(module, conv_name, None), getattr(module, bn_name, None)
             if isinstance(conv, nn.Conv2d) and isinstance(bn, nn.BatchNorm2d):
                 setattr(module, conv_name, fold_conv_bn(conv, bn))

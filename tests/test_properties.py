@@ -15,10 +15,11 @@ from reslab.train.config import FIELDS, TrainConfig, apply
 
 SPEC_KEYS = ["layers", "model", "residual_block", "init_block", "max_pool", "avg_pool", "fc", "repeat", "channels",
              "channel", "filter", "stride", "kind", "kernel", "in_channels", "num_classes", "shortcut", "residual",
-             "bottleneck_stride", "zero_init_residual", "input_size", "name", "depth", "widths"]
+             "bottleneck_stride", "zero_init_residual", "input_size", "name", "depth", "widths", "preact", "block"]
 SCALARS = st.one_of(st.none(), st.booleans(), st.integers(-3, 70), st.integers(), st.floats(allow_nan=True),
                     st.text(max_size=6), st.sampled_from(["A", "B", "C", "basic", "bottleneck", "resnet20",
-                                                          "resnet", "3x3", "1x1", "plain56"]))
+                                                          "resnet", "3x3", "1x1", "plain56", "preact",
+                                                          "preact164", "preact-plain18"]))
 
 
 def _values(keys: list[str]) -> st.SearchStrategy:

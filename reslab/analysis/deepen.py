@@ -7,6 +7,12 @@ has just been through a ReLU. Plain: an inserted block has no shortcut, so its l
 must pass the signal: both convs are identity kernels (centre tap 1 on the diagonal) and BN is the
 identity in eval mode (running mean 0, running variance 1 - eps, scale 1, shift 0). In train mode
 that BN normalises with batch statistics, so only the residual construction is exact there.
+
+Pre-activation (He et al. 2016): each inserted block gets its last conv zeroed, so its branch adds
+exactly 0 and, with nothing after the addition, the block returns x itself, in train and eval mode.
+Not its last BN: that BN is followed by a ReLU, which at exactly zero passes no gradient, so the new
+block could never learn anything. A plain pre-activation network cannot be deepened exactly: its
+blocks open with BN-ReLU on the previous conv's output, which may be negative, and ReLU discards that.
 """
 
 from __future__ import annotations
@@ -17,7 +23,8 @@ import torch
 from torch import nn
 
 from ..errors import SpecError
-from ..models.blocks import BasicBlock, BlockSpec
+from ..models.blocks import BlockSpec
+from ..models.presets import family_prefix
 from ..models.resnet import NetSpec, ResNet, StageSpec
 
 
@@ -50,15 +57,14 @@ def deepened_spec(spec: NetSpec, add: int, stages: list[int] | None = None) -> t
             stage = StageSpec(blocks, stage.pool)
         new_stages.append(stage)
     depth = spec.depth + 2 * add
-    prefix = "resnet" if spec.residual else "plain"
+    prefix = family_prefix(spec.residual, spec.preact)
     return replace(spec, stages=tuple(new_stages), name=f"{prefix}{depth}-from-{spec.name}"), counts
 
 
 @torch.no_grad()
-def _make_identity_block(block: BasicBlock, residual: bool) -> None:
+def _make_identity_block(block: nn.Module, residual: bool) -> None:
     if residual:
-        nn.init.zeros_(block.bn2.weight)
-        nn.init.zeros_(block.bn2.bias)
+        block.zero_init_last()  # the branch adds exactly 0 (see the module doc)
         return
     for conv, bn in ((block.conv1, block.bn1), (block.conv2, block.bn2)):
         weight = torch.zeros_like(conv.weight)
@@ -78,6 +84,9 @@ def deepen(model: ResNet, add: int, stages: list[int] | None = None) -> DeepenRe
     if spec.residual and spec.shortcut == "C":
         raise SpecError("with option C every shortcut is a projection, so no inserted block is exactly the "
                         "identity; deepen an option A or B model")
+    if spec.preact and not spec.residual:
+        raise SpecError("a plain pre-activation network cannot be deepened exactly: an inserted block opens with "
+                        "BN-ReLU, which drops the negative values its input may hold; deepen a residual one")
     new_spec, counts = deepened_spec(spec, add, stages)
     deeper = ResNet(new_spec)
     missing, unexpected = deeper.load_state_dict(model.state_dict(), strict=False)

@@ -3,6 +3,12 @@ the nonlinearity (before the addition, in a residual block), over an evaluation 
 
 The std is over every element of the layer's output (images x channels x positions), accumulated in
 float64 over batches.
+
+Pre-activation networks (He et al. 2016) measure the same thing where it exists: a 3x3 conv followed by
+a BN is read after that BN (before the ReLU that comes next). The last conv of a pre-activation block
+has no BN after it: its output is the residual function F(x) itself, added to the shortcut as it is,
+so that raw output is its response. (So is a pre-activation stem's, a bare conv.) The BN that opens
+each block reads the running sum, not a conv, and is not measured.
 """
 
 from __future__ import annotations
@@ -20,18 +26,18 @@ class LayerResponse:
     std: float
 
 
-def response_layers(model: nn.Module) -> list[tuple[str, nn.BatchNorm2d]]:
-    """(name, BN) for each BN that directly follows a 3x3 conv, in forward order."""
+def response_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
+    """(name, module) whose output is each 3x3 conv's response, in forward order: the BN that reads
+    the conv (as its module declares in ``CONV_BN_PAIRS``), else the conv itself."""
     layers = []
-    modules = dict(model.named_modules())
     for name, module in model.named_modules():
-        if not isinstance(module, nn.BatchNorm2d):
-            continue
-        parent, _, attr = name.rpartition(".")
-        conv_attr = {"bn": "conv", "bn1": "conv1", "bn2": "conv2", "bn3": "conv3"}.get(attr)
-        conv = getattr(modules[parent] if parent else model, conv_attr, None) if conv_attr else None
-        if isinstance(conv, nn.Conv2d) and conv.kernel_size == (3, 3):
-            layers.append((name, module))
+        bn_after = dict(getattr(module, "CONV_BN_PAIRS", ()))
+        for attr, child in module.named_children():
+            if not (isinstance(child, nn.Conv2d) and child.kernel_size == (3, 3)):
+                continue
+            bn = getattr(module, bn_after.get(attr, ""), None)
+            measured = bn_after[attr] if isinstance(bn, nn.BatchNorm2d) else attr
+            layers.append((f"{name}.{measured}" if name else measured, getattr(module, measured)))
     return layers
 
 
@@ -41,11 +47,11 @@ def layer_responses(model: nn.Module, batches) -> list[LayerResponse]:
     layers = response_layers(model)
     sums = {name: torch.zeros(3, dtype=torch.float64) for name, _ in layers}  # count, sum, sum of squares
     handles = []
-    for name, bn in layers:
+    for name, layer in layers:
         def hook(_m, _inp, out, _name=name):
             o = out.double()
             sums[_name] += torch.stack([torch.tensor(float(o.numel()), dtype=torch.float64), o.sum(), o.square().sum()])
-        handles.append(bn.register_forward_hook(hook))
+        handles.append(layer.register_forward_hook(hook))
     try:
         for x, _ in batches:
             model(x)

@@ -64,14 +64,16 @@ class Builder:
 
     ``input_size`` is only used to infer map sizes for the checks and warnings.
     ``shortcut`` defaults to "B" (projection where shapes change), as the old library did.
+    ``preact=True`` gives every block the pre-activation order (He et al. 2016): the stem is then its
+    conv alone and the classifier is preceded by BN-ReLU.
     """
 
     def __init__(self, in_channels: int = 3, num_classes: int = 10, *, shortcut: str = "B",
-                 residual: bool = True, bottleneck_stride: str = "1x1", zero_init_residual: bool = False,
-                 input_size: int = 32, name: str = "custom"):
+                 residual: bool = True, preact: bool = False, bottleneck_stride: str = "1x1",
+                 zero_init_residual: bool = False, input_size: int = 32, name: str = "custom"):
         self.in_channels = _positive(in_channels, "in_channels")
         self.num_classes = _positive(num_classes, "num_classes")
-        self.options = dict(shortcut=shortcut, residual=residual, bottleneck_stride=bottleneck_stride,
+        self.options = dict(shortcut=shortcut, residual=residual, preact=preact, bottleneck_stride=bottleneck_stride,
                             zero_init_residual=zero_init_residual, name=name)
         self.input_size = _positive(input_size, "input_size")
         self._stem: StemSpec | None = None
@@ -86,7 +88,8 @@ class Builder:
     # ---- the old library's vocabulary ------------------------------------------------------
     def init_block(self, filter: int | Sequence[int] = (3, 3), channels: int | None = None, *,
                    channel: Sequence[int] | None = None, stride: int = 1, max_pool: bool = False) -> "Builder":
-        """The stem: conv + BN + ReLU; ``max_pool=True`` adds the ImageNet 3x3/2 max-pool."""
+        """The stem: conv + BN + ReLU (pre-activation: the conv alone); ``max_pool=True`` adds the
+        ImageNet 3x3/2 max-pool."""
         if self._stem is not None:
             raise SpecError("init_block() can only be called once, first")
         out = self._resolve_channels(channels, channel, "init_block")

@@ -73,7 +73,12 @@ def load_foreign_weights(model: nn.Module, state_dict: Mapping[str, Any]) -> nn.
     ``num_batches_tracked`` counters may be absent, as in files saved before PyTorch 0.4.1); otherwise a
     ``CheckpointError`` names what did not match (a wrong depth, shortcut option or class count).
     torchvision's bottlenecks stride on the 3x3 conv: build the model with ``bottleneck_stride="3x3"``.
+    Both layouts are of the 2015 (post-activation) networks, so a pre-activation model is refused.
     """
+    spec = getattr(model, "spec", None)
+    if getattr(spec, "preact", False):
+        raise CheckpointError("torchvision's and the common CIFAR layouts hold post-activation ResNets; "
+                              f"{spec.name} is a pre-activation network (build it with preact=False)")
     converted = convert_state_dict(state_dict)
     own = model.state_dict()
     _fill_batch_counters(converted, own)

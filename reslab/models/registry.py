@@ -10,11 +10,16 @@ from typing import Any, Callable
 from torch import nn
 
 from ..errors import SpecError
-from .presets import IMAGENET_LAYOUTS, cifar_spec, imagenet_spec
+from .presets import PREACT_CIFAR_BLOCKS, cifar_spec, family_prefix, imagenet_spec
 from .resnet import NetSpec, ResNet
 from .spec import check_size, read_spec_file, spec_from_mapping
 
 CIFAR_DEPTHS = (20, 32, 44, 56, 110, 1202)
+IMAGENET_DEPTHS = (18, 34, 50, 101, 152)
+# He et al. 2016 ("Identity Mappings in Deep Residual Networks"): its CIFAR networks, and on ImageNet the
+# 2015 depths plus ResNet-200.
+PREACT_CIFAR_DEPTHS = tuple(PREACT_CIFAR_BLOCKS)
+PREACT_IMAGENET_DEPTHS = IMAGENET_DEPTHS + (200,)
 SPEC_SUFFIXES = (".yaml", ".yml", ".json")
 
 # Published errors (%), to print beside measured ones. CIFAR: Table 6, CIFAR-10 test error.
@@ -42,24 +47,45 @@ class ModelInfo:
     factory: Callable[..., NetSpec]
     paper_error: float | None
     paper_source: str | None
+    preact: bool = False
+
+
+def _preset_factory(make: Callable[..., NetSpec], depth: int, residual: bool,
+                    defaults: dict[str, Any]) -> Callable[..., NetSpec]:
+    """``make(depth, residual=...)`` with the preset's ``defaults``, which overrides may change (so a
+    spec file may say ``model: resnet56`` and ``preact: true``); its signature lists the overrides."""
+
+    def factory(**overrides: Any) -> NetSpec:
+        return make(depth, residual=residual, **{**defaults, **overrides})
+
+    factory.__signature__ = inspect.signature(make).replace(  # type: ignore[attr-defined]
+        parameters=[p for p in inspect.signature(make).parameters.values() if p.name not in ("depth", "residual")]
+    )
+    return factory
+
+
+def _presets():
+    """(family, depth, factory, defaults) of each registered network, before its plain twin's."""
+    for depth in CIFAR_DEPTHS:
+        yield "cifar", depth, cifar_spec, {}
+    for depth in IMAGENET_DEPTHS:
+        yield "imagenet", depth, imagenet_spec, {}
+    for depth, block in PREACT_CIFAR_BLOCKS.items():
+        # The block is fixed here, so that preact164 with preact=False is the original ResNet-164.
+        yield "cifar", depth, cifar_spec, {"preact": True, "block": block}
+    for depth in PREACT_IMAGENET_DEPTHS:
+        yield "imagenet", depth, imagenet_spec, {"preact": True}
 
 
 def _register() -> dict[str, ModelInfo]:
     registry = {}
-    for family, depths, make in (("cifar", CIFAR_DEPTHS, cifar_spec), ("imagenet", tuple(IMAGENET_LAYOUTS), imagenet_spec)):
-        for depth in depths:
-            for residual in (True, False):
-                name = f"{'resnet' if residual else 'plain'}{depth}"
-
-                def factory(_make=make, _depth=depth, _residual=residual, **overrides: Any) -> NetSpec:
-                    return _make(_depth, residual=_residual, **overrides)
-
-                factory.__signature__ = inspect.signature(make).replace(  # type: ignore[attr-defined]
-                    parameters=[p for p in inspect.signature(make).parameters.values()
-                                if p.name not in ("depth", "residual")]
-                )
-                error, source = PAPER_ERRORS.get(name, (None, None))
-                registry[name] = ModelInfo(name, family, depth, residual, factory, error, source)
+    for family, depth, make, defaults in _presets():
+        for residual in (True, False):
+            preact = defaults.get("preact", False)
+            name = f"{family_prefix(residual, preact)}{depth}"
+            error, source = PAPER_ERRORS.get(name, (None, None))
+            registry[name] = ModelInfo(name, family, depth, residual, _preset_factory(make, depth, residual, defaults),
+                                       error, source, preact)
     return registry
 
 
@@ -70,6 +96,10 @@ FAMILIES: dict[str, Callable[..., NetSpec]] = {
     "plain": lambda depth=None, **kw: cifar_spec(depth, residual=False, **kw),
     "resnet_imagenet": lambda depth=None, **kw: imagenet_spec(depth, residual=True, **kw),
     "plain_imagenet": lambda depth=None, **kw: imagenet_spec(depth, residual=False, **kw),
+    "preact": lambda depth=None, **kw: cifar_spec(depth, residual=True, preact=True, **kw),
+    "preact_plain": lambda depth=None, **kw: cifar_spec(depth, residual=False, preact=True, **kw),
+    "preact_imagenet": lambda depth=None, **kw: imagenet_spec(depth, residual=True, preact=True, **kw),
+    "preact_plain_imagenet": lambda depth=None, **kw: imagenet_spec(depth, residual=False, preact=True, **kw),
 }
 
 
@@ -127,7 +157,8 @@ def _spec_file(path: str) -> NetSpec:
     return spec if "name" in data else spec.with_overrides(name=Path(path).stem)
 
 
-_SPEC_OVERRIDES = ("num_classes", "in_channels", "shortcut", "residual", "bottleneck_stride", "zero_init_residual")
+_SPEC_OVERRIDES = ("num_classes", "in_channels", "shortcut", "residual", "preact", "bottleneck_stride",
+                   "zero_init_residual")
 
 
 def _apply_spec_overrides(spec: NetSpec, name: str, overrides: dict[str, Any]) -> NetSpec:
@@ -142,7 +173,10 @@ def create_model(model: str | Path | NetSpec, *, pretrained: bool = False, **ove
     (``"resnet", depth=74``), from a YAML/JSON spec file, or from a ``NetSpec``.
 
     Overrides: ``num_classes``, ``in_channels``, ``shortcut`` ("A"/"B"/"C"), ``zero_init_residual``,
-    ``bottleneck_stride`` ("1x1" paper, "3x3" v1.5) and, for CIFAR presets, ``widths``.
+    ``bottleneck_stride`` ("1x1" paper, "3x3" v1.5), ``preact`` (pre-activation blocks, He et al. 2016;
+    their presets are ``"preact110"``, ``"preact164"``, ``"preact1001"``, ``"preact18"`` ... ``"preact200"``
+    and ``"preact-plain..."`` twins) and, for CIFAR presets, ``widths`` and ``block`` ("basic" or
+    "bottleneck").
     """
     if pretrained:
         from .pretrained import load_pretrained

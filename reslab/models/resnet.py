@@ -37,7 +37,8 @@ class PoolSpec:
 
 @dataclass(frozen=True)
 class StemSpec:
-    """The first conv (+ BN + ReLU), optionally followed by a pool (ImageNet: 7x7/2 then 3x3/2 max)."""
+    """The first conv (+ BN + ReLU, except in pre-activation networks), optionally followed by a pool
+    (ImageNet: 7x7/2 then 3x3/2 max)."""
 
     channels: int
     kernel: tuple[int, int] = (3, 3)
@@ -63,11 +64,17 @@ class NetSpec:
     shortcut: str = "A"
     # False gives the plain counterpart: the same layers with no shortcuts (paper Sec. 4.1, 4.2).
     residual: bool = True
+    # Pre-activation blocks (He et al. 2016): BN-ReLU before each conv and nothing after the addition, so
+    # from any block to any later one the shortcut path is a pure sum, which is what let 1001 layers train.
+    # The stem is then a bare conv (the first block opens with BN-ReLU) and the head adds the last BN-ReLU.
+    # A field of its own, not a block kind: the same layers and widths, in another order.
+    preact: bool = False
     # Where a strided bottleneck puts its stride: "1x1" as in the paper, "3x3" as torchvision ("v1.5").
     bottleneck_stride: str = "1x1"
     # Optional pool between the last stage and the global average pool (the old library's avg_pool).
     head_pool: PoolSpec | None = None
-    # Start each residual branch at zero by zeroing its last BN's scale (Goyal et al. 2017).
+    # Start each residual branch at zero by zeroing its last BN's scale (Goyal et al. 2017); in a
+    # pre-activation block, its last conv (see blocks._PreactBlock.zero_init_last).
     zero_init_residual: bool = False
     name: str = "custom"
 
@@ -76,6 +83,8 @@ class NetSpec:
             raise SpecError(f"unknown shortcut option {self.shortcut!r}; choose one of A, B, C")
         if self.bottleneck_stride not in STRIDE_POSITIONS:
             raise SpecError(f"bottleneck_stride must be one of {STRIDE_POSITIONS}, got {self.bottleneck_stride!r}")
+        if not isinstance(self.preact, bool):
+            raise SpecError(f"preact must be true or false, got {self.preact!r}")
         for name, value in (("in_channels", self.in_channels), ("num_classes", self.num_classes)):
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise SpecError(f"{name} must be a positive integer, got {value!r}")
@@ -137,18 +146,28 @@ def make_pool(spec: PoolSpec) -> nn.Module:
 
 
 class Stem(nn.Module):
-    """conv, BN, ReLU, optional pool."""
+    """conv, BN, ReLU, optional pool; with ``activate=False`` (pre-activation networks) conv and pool.
 
-    def __init__(self, in_channels: int, spec: StemSpec):
+    A pre-activation network's first block opens with BN-ReLU, so its stem stops at the conv. Where a
+    max-pool follows (ImageNet), it runs before that BN-ReLU rather than after: max-pooling commutes with
+    ReLU and with a BN of positive scale, so in eval mode the order makes no difference then.
+    """
+
+    CONV_BN_PAIRS = (("conv", "bn"),)
+
+    def __init__(self, in_channels: int, spec: StemSpec, activate: bool = True):
         super().__init__()
         padding = (spec.kernel[0] // 2, spec.kernel[1] // 2)
         self.conv = nn.Conv2d(in_channels, spec.channels, spec.kernel, spec.stride, padding, bias=False)
-        self.bn = nn.BatchNorm2d(spec.channels)
-        self.relu = nn.ReLU(inplace=True)
+        self.bn = nn.BatchNorm2d(spec.channels) if activate else None
+        self.relu = nn.ReLU(inplace=True) if activate else None
         self.pool = make_pool(spec.pool) if spec.pool else nn.Identity()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.pool(self.relu(self.bn(self.conv(x))))
+        x = self.conv(x)
+        if self.bn is not None:
+            x = self.relu(self.bn(x))
+        return self.pool(x)
 
 
 class Stage(nn.Module):
@@ -156,21 +175,27 @@ class Stage(nn.Module):
         super().__init__()
         self.pool = make_pool(spec.pool) if spec.pool else nn.Identity()
         shortcut = net.shortcut if net.residual else None
-        self.blocks = nn.Sequential(*(make_block(b, shortcut, net.bottleneck_stride) for b in spec.blocks))
+        self.blocks = nn.Sequential(*(make_block(b, shortcut, net.bottleneck_stride, net.preact) for b in spec.blocks))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.blocks(self.pool(x))
 
 
 class Head(nn.Module):
-    """Optional pool, global average pool, linear classifier (paper Sec. 3.4 / 4.2)."""
+    """Optional pool, global average pool, linear classifier (paper Sec. 3.4 / 4.2). With
+    ``activate=True`` (pre-activation networks) BN-ReLU comes first: the last block's sum is otherwise
+    never normalised nor activated (He et al. 2016 add this "extra activation" after the last unit)."""
 
-    def __init__(self, in_features: int, num_classes: int, pool: PoolSpec | None):
+    def __init__(self, in_features: int, num_classes: int, pool: PoolSpec | None, activate: bool = False):
         super().__init__()
+        self.bn = nn.BatchNorm2d(in_features) if activate else None
+        self.relu = nn.ReLU(inplace=True) if activate else None
         self.pool = make_pool(pool) if pool else nn.Identity()
         self.fc = nn.Linear(in_features, num_classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.bn is not None:
+            x = self.relu(self.bn(x))
         x = self.pool(x)
         return self.fc(x.mean((2, 3)))
 
@@ -181,13 +206,17 @@ class ResNet(nn.Module):
     def __init__(self, spec: NetSpec):
         super().__init__()
         self.spec = spec
-        self.stem = Stem(spec.in_channels, spec.stem)
+        self.stem = Stem(spec.in_channels, spec.stem, activate=not spec.preact)
         self.stages = nn.Sequential(*(Stage(s, spec) for s in spec.stages))
-        self.head = Head(spec.out_channels, spec.num_classes, spec.head_pool)
+        self.head = Head(spec.out_channels, spec.num_classes, spec.head_pool, activate=spec.preact)
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
         """He initialisation (paper Sec. 3.4, ref. [13]); BN starts as identity."""
+        if self.stem.conv.weight.is_meta:
+            # Built on the meta device (summary.py) there are no values to draw, and drawing them through
+            # PyTorch's Python decompositions took over half of ResNet-152's summary time.
+            return
         for m in self.modules():
             if isinstance(m, nn.Conv2d):
                 nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
@@ -198,9 +227,10 @@ class ResNet(nn.Module):
             self.zero_init_last()
 
     def zero_init_last(self) -> None:
-        """Zero each block's last BN scale, so every residual block starts as the identity."""
+        """Zero each block's last BN (or, pre-activation, its last conv), so every residual block starts
+        as the identity (plus its shortcut's change of shape)."""
         for block in self.blocks():
-            nn.init.zeros_(block.last_bn.weight)
+            block.zero_init_last()
 
     def blocks(self) -> list[nn.Module]:
         return [block for stage in self.stages for block in stage.blocks]

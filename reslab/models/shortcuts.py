@@ -6,6 +6,10 @@ Every block has a shortcut module; for "plain" networks it is ``None`` and the b
   new channels with zeros, split evenly before and after the existing ones. Parameter-free.
 - B: identity where shapes agree, a projection (1x1 conv with stride + BN) where they differ.
 - C: a projection on every shortcut.
+
+Pre-activation blocks (He et al. 2016) use the same options with a bare 1x1 convolution as the
+projection: there the sum feeds the next block's BN (or the head's), so a BN of its own would only rescale
+one of the two terms. The block decides what each shortcut reads (see ``blocks._PreactBlock``).
 """
 
 from __future__ import annotations
@@ -51,22 +55,29 @@ class ZeroPadShortcut(nn.Module):
 
 
 class ProjectionShortcut(nn.Module):
-    """Options B/C: ``W_s x`` of paper Eq. 2, a 1x1 convolution (with the block's stride) and BN."""
+    """Options B/C: ``W_s x`` of paper Eq. 2, a 1x1 convolution (with the block's stride) and BN
+    (no BN with ``batchnorm=False``, for pre-activation blocks)."""
 
-    def __init__(self, in_channels: int, out_channels: int, stride: int):
+    # What inference.fold_batchnorm may merge: the BN reads this conv's output and nothing else does.
+    CONV_BN_PAIRS = (("conv", "bn"),)
+
+    def __init__(self, in_channels: int, out_channels: int, stride: int, batchnorm: bool = True):
         super().__init__()
         self.conv = nn.Conv2d(in_channels, out_channels, 1, stride=stride, bias=False)
-        self.bn = nn.BatchNorm2d(out_channels)
+        self.bn = nn.BatchNorm2d(out_channels) if batchnorm else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.bn(self.conv(x))
+        out = self.conv(x)
+        return out if self.bn is None else self.bn(out)
 
 
-def make_shortcut(option: str, in_channels: int, out_channels: int, stride: int) -> nn.Module:
-    """The shortcut of one residual block under ``option`` ("A", "B" or "C", checked by NetSpec)."""
+def make_shortcut(option: str, in_channels: int, out_channels: int, stride: int,
+                  batchnorm: bool = True) -> nn.Module:
+    """The shortcut of one residual block under ``option`` ("A", "B" or "C", checked by NetSpec);
+    ``batchnorm`` says whether a projection ends with BN."""
     shapes_agree = in_channels == out_channels and stride == 1
     if option == "C" or (option == "B" and not shapes_agree):
-        return ProjectionShortcut(in_channels, out_channels, stride)
+        return ProjectionShortcut(in_channels, out_channels, stride, batchnorm)
     if shapes_agree:
         return nn.Identity()
     return ZeroPadShortcut(in_channels, out_channels, stride)

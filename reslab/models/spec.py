@@ -10,6 +10,7 @@ or a network layer by layer (each entry is one builder call; ``repeat`` repeats 
     in_channels: 3
     num_classes: 10
     shortcut: B
+    preact: true          # optional: pre-activation blocks (He et al. 2016)
     layers:
       - init_block: {filter: [7, 7], channels: 32}
       - max_pool: {kernel: 2, stride: 2}
@@ -31,7 +32,7 @@ from .resnet import MAX_BLOCKS, MAX_PARAMS, NetSpec
 
 
 LAYER_CALLS = ("init_block", "max_pool", "avg_pool", "residual_block", "fc")
-NETWORK_KEYS = ("in_channels", "num_classes", "shortcut", "residual", "bottleneck_stride",
+NETWORK_KEYS = ("in_channels", "num_classes", "shortcut", "residual", "preact", "bottleneck_stride",
                 "zero_init_residual", "input_size", "name")
 
 
