@@ -129,6 +129,8 @@ def test_a_report_is_rebuilt_from_committed_metrics_alone(tmp_path):
     out = tmp_path / "exp"
     table6(ExperimentSettings(out=out, **TINY), [8], seeds=2)
     first = json.loads((out / "table6.json").read_text())
+    # Whichever experiment trains a member records its Fig. 7 responses, for the degradation report to share.
+    assert all((out / "members" / f"resnet8-seed{s}" / "responses.json").exists() for s in (0, 1))
     committed = tmp_path / "committed"
     shutil.copytree(out, committed, ignore=shutil.ignore_patterns("*.pt", ".lock", "stderr.log"))
     shutil.rmtree(committed / "members" / "resnet8-seed1")  # a member the last session did not finish

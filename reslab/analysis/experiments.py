@@ -140,7 +140,8 @@ def _degradation_claims(depths: list[int], runs) -> list[str]:
 
 def _record_responses(settings: ExperimentSettings):
     """An ``on_done`` that writes the member's layer responses (Fig. 7) on the evaluation split,
-    from its final weights, once; metrics outlive checkpoints, so Fig. 7 is rebuilt without them."""
+    from its final weights, once, whichever experiment trains it: metrics outlive checkpoints, so Fig. 7
+    is rebuilt without them."""
     def record(member: Member, run_dir: Path) -> None:
         out = run_dir / "responses.json"
         if out.exists() or not (run_dir / "last.pt").exists():
@@ -191,7 +192,7 @@ def _response_claims(depths: list[int], responses: dict[tuple[str, int], Spread]
 
 def table6(settings: ExperimentSettings, depths: list[int], seeds: int, first_seed: int = 0) -> Path:
     members = {(d, s): resnet(d, s) for d in depths for s in _seeds(first_seed, seeds)}
-    histories = run_members(settings, list(members.values()))
+    histories = run_members(settings, list(members.values()), on_done=_record_responses(settings))
     found = {d: [histories[members[d, s].name] for s in _seeds(first_seed, seeds) if members[d, s].name in histories]
              for d in depths}
     rows = []
@@ -219,7 +220,7 @@ PAPER_TABLE3 = {"plain": 28.54, "A": 25.03, "B": 24.52, "C": 24.19}
 def shortcuts(settings: ExperimentSettings, depth: int, seeds: int = 1, first_seed: int = 0) -> Path:
     members = {(o, s): resnet(depth, s, o) for o in SHORTCUT_OPTIONS for s in _seeds(first_seed, seeds)}
     members.update({("plain", s): plain(depth, s) for s in _seeds(first_seed, seeds)})
-    histories = run_members(settings, list(members.values()))
+    histories = run_members(settings, list(members.values()), on_done=_record_responses(settings))
     groups = [*SHORTCUT_OPTIONS, "plain"]
     found = {g: [histories[members[g, s].name] for s in _seeds(first_seed, seeds)
                  if members[g, s].name in histories] for g in groups}
