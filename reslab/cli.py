@@ -94,7 +94,12 @@ TRAIN_FLAGS = {
     "--threads": ("threads", int, "CPU threads"),
     "--image-size": ("image_size", int, "image folders: resize and centre-crop to this side"),
     "--channels": ("channels", int, "image folders: 3 (RGB) or 1 (grayscale)"),
-    "--init-from": ("init_from", str, "start from the weights of this checkpoint"),
+    "--init-from": ("init_from", str, ("start from these weights: a checkpoint or run folder, or a file in "
+                                       "torchvision's or the common CIFAR layout (with --model); "
+                                       "--set finetune=head trains the classifier alone, "
+                                       "--set backbone_lr_scale=0.1 the rest at a tenth of the rate")),
+    "--normalize": ("normalize", str, ("channel | pixel (measured on the training images) | imagenet | cifar "
+                                       "(published statistics) | weights (the --init-from file's; its default)")),
     "--teacher": ("teacher", str, "distil from this checkpoint, run folder or bundled model (e.g. resnet56), or "
                                   "from the mean of several joined with + (resnet56+resnet20); "
                                   "--set distill_weight=0.9 --set distill_temperature=4; --set teacher_mode=cached "
