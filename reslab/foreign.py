@@ -126,12 +126,13 @@ def class_names(given: str | None, count: int, data_classes: list[str] | None = 
 
 
 def import_checkpoint(weights: ForeignWeights, model: str, options: dict[str, Any], classes: list[str],
-                      normalizer: Normalizer, input_size: int, data: str | None = None) -> Checkpoint:
+                      normalizer: Normalizer, input_size: int, config: dict[str, Any] | None = None) -> Checkpoint:
     """The weights as a reslab checkpoint: the network, its class names, normalisation and input size, and
-    where the weights came from (``progress``), so that eval, predict, export and deepen take it."""
+    where the weights came from (``progress``), so that eval, predict, export and deepen take it. ``config``:
+    the dataset the classes are of (``data``, ``data_root``, ``image_size``), for eval's default."""
     spec = weights.network(model, options)
     loaded = weights.load(spec)
     return Checkpoint(spec=spec, classes=classes, normalizer=normalizer, input_size=input_size,
-                      model_state=loaded.state_dict(), config={"data": data} if data else {},
+                      model_state=loaded.state_dict(), config=dict(config or {}),
                       progress={"imported_from": str(weights.path.resolve()), "sha256": sha256(weights.path),
                                 "layout": weights.layout})

@@ -357,7 +357,7 @@ def _announce(run: TrainingRun, data: ImageArrays, teacher: Teacher | None, resu
               start: dict[str, Any] | None) -> None:
     config, say = run.config, run.console.line
     if start and not resumed and "kind" in start:
-        head = (f"a new classifier for {data.name}'s {len(data.classes)} classes (the file's has "
+        head = (f"a new classifier for the data's {len(data.classes)} classes (the file's has "
                 f"{start['classes_in_file']})" if start["new_classifier"] else "its classifier kept")
         trains = {"head": "the classifier alone trains (linear probe)",
                   "all": "every layer trains" + (f", all but the classifier at {config.backbone_lr_scale:g}x the rate"
