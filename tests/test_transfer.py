@@ -16,11 +16,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import cli
 from PIL import Image
 from torch import nn
 
 import reslab
-from conftest import cli
 from reslab.checkpoint import load_checkpoint
 from reslab.data.augment import PUBLISHED_STATISTICS, preprocess_eval
 from reslab.predict import expand_paths, load_images
@@ -107,7 +107,8 @@ def one_line_error(result, *fragments: str) -> None:
 
 
 def config(out: Path, data: Path, **values):
-    base = dict(data=str(data), epochs=2, batch_size=8, lr=0.05, out=str(out), eval_batch_size=64, augment=False)
+    base = {"data": str(data), "epochs": 2, "batch_size": 8, "lr": 0.05, "out": str(out), "eval_batch_size": 64,
+            "augment": False}
     return resolve("fast", overrides={**base, **values})
 
 
@@ -135,7 +136,7 @@ def test_a_torchvision_layout_file_starts_a_run_with_a_new_classifier(world, tmp
 
 
 def test_a_linear_probe_trains_the_classifier_alone(world, tmp_path):
-    data, original, tv, model = world
+    data, _original, _tv, model = world
     # Same classes as the file, so that the classifier is the file's and its change shows.
     start = trained_looking(reslab.create_model(model, shortcut="B", num_classes=3))
     torch.save(foreign_keys(start.state_dict(), "fc"), tmp_path / "three.pth")
@@ -152,8 +153,8 @@ def test_a_linear_probe_trains_the_classifier_alone(world, tmp_path):
 
 def test_a_smaller_backbone_rate_reaches_the_optimizer_and_resumes_exactly(world, tmp_path):
     data, _original, tv, model = world
-    settings = dict(init_from=str(tv), model=model, model_options={"shortcut": "B"}, backbone_lr_scale=0.1,
-                    schedule="constant", warmup=0)
+    settings = {"init_from": str(tv), "model": model, "model_options": {"shortcut": "B"}, "backbone_lr_scale": 0.1,
+                "schedule": "constant", "warmup": 0}
     whole = fit(config(tmp_path / "whole", data, **settings), quiet=True)
     stopped = fit(config(tmp_path / "split", data, **settings), quiet=True, should_stop=lambda step: step == 3)
     assert stopped.status == "interrupted"
