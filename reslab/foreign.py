@@ -80,7 +80,9 @@ class ForeignWeights:
         try:
             load_foreign_weights(model, self.state)
         except CheckpointError as exc:
-            raise CheckpointError(f"{self.path} ({self.layout} layout) does not fit {spec.name}: {exc}") from None
+            projections = spec.shortcut == "A" and any(".shortcut.conv." in k for k in self.state)
+            hint = "; the file has projection shortcuts: --shortcut B" if projections else ""
+            raise CheckpointError(f"{self.path} ({self.layout} layout) does not fit {spec.name}: {exc}{hint}") from None
         return model.eval()
 
 

@@ -45,7 +45,8 @@ def image_folder(root: Path, per_class: int = 8, size: int = 16) -> Path:
 
 
 def trained_looking(model: nn.Module) -> nn.Module:
-    """Non-trivial BN statistics and scales, so that a mis-mapped or retrained buffer shows."""
+    """Non-trivial BN statistics and scales, so that a mis-mapped or retrained buffer shows; a classifier
+    unlike the fresh one the same seed draws."""
     g = torch.Generator().manual_seed(1)
     for m in model.modules():
         if isinstance(m, nn.BatchNorm2d):
@@ -54,6 +55,8 @@ def trained_looking(model: nn.Module) -> nn.Module:
             m.weight.data.copy_(torch.rand(m.num_features, generator=g) + 0.5)
             m.bias.data.copy_(torch.randn(m.num_features, generator=g) * 0.1)
             m.num_batches_tracked.fill_(1000)
+        if isinstance(m, nn.Linear):
+            m.weight.data.mul_(3)
     return model.eval()
 
 
@@ -131,7 +134,7 @@ def test_a_torchvision_layout_file_starts_a_run_with_a_new_classifier(world, tmp
     result = cli("train", "--init-from", tv, "--model", model, "--shortcut", "B", "--data", data, "--recipe",
                  "fast", "--epochs", "1", "--batch-size", "8", "--out", tmp_path / "run")
     assert result.returncode == 0, result.stderr
-    assert "a new classifier for the data's 3 classes (the file's has 10)" in result.stderr
+    assert "a new classifier for the data's 3 classes (the file's has 10 classes)" in result.stderr
     assert load_checkpoint(tmp_path / "run" / "last.pt").spec.num_classes == 3
 
 
@@ -211,10 +214,21 @@ def test_import_gives_a_checkpoint_that_eval_predict_export_and_features_take(tm
     with torch.no_grad():  # what the classifier reads: its logits are the model's
         torch.testing.assert_close(model.head.fc(by_hand), model(pixels))
 
-    # Started from the import, a run normalises as the weights were trained (CIFAR's statistics).
+    # Started from the import, a run normalises as the weights were trained (CIFAR's statistics), and keeps
+    # the classifier of the classes it was trained for.
     fit(config(tmp_path / "tuned", data, init_from=str(ck), epochs=1), quiet=True)
     mean, _std = PUBLISHED_STATISTICS["cifar"]
     assert torch.equal(load_checkpoint(tmp_path / "tuned" / "last.pt").normalizer.mean, torch.tensor(mean))
+    assert not json.loads((tmp_path / "tuned" / "run.json").read_text())["init_from"]["new_classifier"]
+    # Three other classes: as many outputs, but a new classifier.
+    others = tmp_path / "others"
+    for name in CLASSES:
+        (data / name).rename(data / name.upper())
+    run = prepare_run(config(others, data, init_from=str(ck)), torch.device("cpu"), distributed.DistContext(),
+                      resume=False, quiet=True)
+    run.lock.release()
+    assert json.loads((others / "run.json").read_text())["init_from"]["new_classifier"]
+    assert not torch.equal(run.model.head.fc.weight.detach(), imported.model_state["head.fc.weight"])
 
 
 def test_torchvision_bottlenecks_stride_on_their_3x3_conv(tmp_path):
@@ -246,6 +260,7 @@ def test_bad_transfer_input_is_one_line(world, tmp_path):
     train = ("train", "--data", data, "--epochs", "1", "--out", tmp_path / "never")
     cases = [
         (cli(*train, "--init-from", tv), "do not say which network they are"),
+        (cli(*train, "--init-from", tv, "--model", model), "projection shortcuts: --shortcut B"),
         (cli(*train, "--init-from", tv, "--model", "resnet20", "--shortcut", "B"), "does not fit resnet20"),
         (cli(*train, "--init-from", cifar_layout, "--model", model), "choose --normalize"),
         (cli(*train, "--init-from", ck, "--set", "finetune=head", "--set", "backbone_lr_scale=0.1"),

@@ -35,6 +35,7 @@ class StartingWeights:
     state: dict[str, torch.Tensor]
     normalizer: Normalizer | None  # what the weights were trained with, where known
     source: str  # "reslab checkpoint", or the layout of a file saved by other code
+    classes: list[str] | None  # a checkpoint's class names (files saved by other code have none)
     # Model options the file's layout implies (torchvision's bottleneck stride): a resumed run's network
     # is checked against the config's with them.
     implied_options: dict[str, Any] = field(default_factory=dict)
@@ -43,7 +44,8 @@ class StartingWeights:
 def starting_weights(config: TrainConfig) -> StartingWeights:
     found = read_weights(config.init_from)
     if isinstance(found, Checkpoint):
-        return StartingWeights(found.path, found.spec, dict(found.model_state), found.normalizer, "reslab checkpoint")
+        return StartingWeights(found.path, found.spec, dict(found.model_state), found.normalizer, "reslab checkpoint",
+                               found.classes)
     return _foreign_start(found, config)
 
 
@@ -56,7 +58,13 @@ def _foreign_start(weights: ForeignWeights, config: TrainConfig) -> StartingWeig
     known = weights.normalization
     return StartingWeights(weights.path, spec, model.state_dict(),
                            Normalizer.published(known, spec.in_channels) if known else None,
-                           f"{weights.layout} layout", weights.implied_options(config.model, config.model_options))
+                           f"{weights.layout} layout", None, weights.implied_options(config.model, config.model_options))
+
+
+def needs_new_classifier(start: StartingWeights, classes: list[str]) -> bool:
+    """Whether the file's classifier cannot serve the data's classes: another count, or (where the file
+    names them) other classes; CIFAR-10's ten outputs are no start for ten digits."""
+    return start.spec.num_classes != len(classes) or (start.classes is not None and start.classes != classes)
 
 
 def run_normalizer(config: TrainConfig, data: ImageArrays, start: StartingWeights | None) -> Normalizer:

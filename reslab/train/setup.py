@@ -35,7 +35,8 @@ from .console import Console
 from .distill import Distillation, OnlineTeacher, Teacher, cache_teacher, prepare_teacher
 from .evaluate import evaluate
 from .extras import EpochExtra
-from .finetune import StartingWeights, apply_finetune, parameter_groups, run_normalizer, starting_weights
+from .finetune import (StartingWeights, apply_finetune, needs_new_classifier, parameter_groups, run_normalizer,
+                       starting_weights)
 from .history import TensorBoard
 from .objective import CrossEntropy, Objective
 from .run_lock import RunLock
@@ -274,7 +275,7 @@ def _starting_weights(config: TrainConfig, data: ImageArrays, checkpoint: Checkp
     if spec.in_channels != data.channels:
         raise CheckpointError(f"{config.init_from}: model takes {spec.in_channels}-channel input, "
                               f"{data.name} has {data.channels}")
-    new_head = spec.num_classes != len(data.classes)
+    new_head = needs_new_classifier(start, data.classes)
     if new_head:
         spec = spec.with_overrides(num_classes=len(data.classes))
         state = {k: v for k, v in state.items() if not k.startswith("head.fc.")}
@@ -357,8 +358,10 @@ def _announce(run: TrainingRun, data: ImageArrays, teacher: Teacher | None, resu
               start: dict[str, Any] | None) -> None:
     config, say = run.config, run.console.line
     if start and not resumed and "kind" in start:
-        head = (f"a new classifier for the data's {len(data.classes)} classes (the file's has "
-                f"{start['classes_in_file']})" if start["new_classifier"] else "its classifier kept")
+        other = ("other classes" if start["classes_in_file"] == len(data.classes)
+                 else f"{start['classes_in_file']} classes")
+        head = (f"a new classifier for the data's {len(data.classes)} classes (the file's has {other})"
+                if start["new_classifier"] else "its classifier kept")
         trains = {"head": "the classifier alone trains (linear probe)",
                   "all": "every layer trains" + (f", all but the classifier at {config.backbone_lr_scale:g}x the rate"
                                                  if config.backbone_lr_scale != 1 else "")}[config.finetune]
