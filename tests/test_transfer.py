@@ -245,6 +245,14 @@ def test_torchvision_bottlenecks_stride_on_their_3x3_conv(tmp_path):
     x = torch.randn(2, 3, 32, 32)
     with torch.no_grad():
         torch.testing.assert_close(imported.build_model()(x), original(x))
+    # Trained from the file directly, the run keeps the stride its layout implies, and resumes with it.
+    run = tmp_path / "run"
+    settings = {"init_from": str(tmp_path / "tv.pth"), "model": str(spec_file), "model_options": {"shortcut": "B"},
+                "epochs": 1}
+    data = image_folder(tmp_path / "pets")
+    assert fit(config(run, data, **settings), quiet=True, should_stop=lambda step: step == 1).status == "interrupted"
+    assert resume_run(run, quiet=True).status == "finished"
+    assert load_checkpoint(run / "last.pt").spec.bottleneck_stride == "3x3"
 
 
 def test_bad_transfer_input_is_one_line(world, tmp_path):
