@@ -67,25 +67,43 @@ def save_checkpoint(checkpoint: Checkpoint, path: Path) -> Path:
 
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> Checkpoint:
+    path = resolve_checkpoint_path(path)
+    payload = read_torch_file(path, map_location)
+    if not is_checkpoint_payload(payload):
+        raise CheckpointError(f"{path}: not a reslab checkpoint (weights saved by other code: `reslab import "
+                              f"{path.name} --model NAME`, or `reslab train --init-from {path.name} --model NAME`)")
+    return checkpoint_from_payload(payload, path)
+
+
+def resolve_checkpoint_path(path: str | Path) -> Path:
+    """A run folder stands for its ``best.pt`` (else ``last.pt``)."""
     path = Path(path)
     if path.is_dir():
         for name in ("best.pt", "last.pt"):
             if (path / name).exists():
-                path = path / name
-                break
-        else:
-            raise CheckpointError(f"{path}: no best.pt or last.pt in this run folder")
+                return path / name
+        raise CheckpointError(f"{path}: no best.pt or last.pt in this run folder")
+    return path
+
+
+def read_torch_file(path: Path, map_location: str | torch.device = "cpu") -> Any:
+    """What a PyTorch file holds, loaded with ``weights_only=True``; a missing or unreadable file is a
+    ``CheckpointError``."""
     if not path.exists():
         raise CheckpointError(f"{path}: no such checkpoint")
     try:
-        payload = torch.load(path, map_location=map_location, weights_only=True)
+        return torch.load(path, map_location=map_location, weights_only=True)
     except (pickle.UnpicklingError, zipfile.BadZipFile, EOFError, RuntimeError, OSError, ValueError, IndexError,
             KeyError, TypeError, AttributeError, struct.error) as exc:  # what arbitrary bytes make torch.load raise
         raise CheckpointError(f"{path}: not a readable checkpoint (corrupt, truncated, or not a PyTorch file: "
                               f"{type(exc).__name__})") from None
-    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
-        raise CheckpointError(f"{path}: not a reslab checkpoint (for weights saved by other code, "
-                              "use reslab.models.convert.load_foreign_weights)")
+
+
+def is_checkpoint_payload(payload: Any) -> bool:
+    return isinstance(payload, dict) and payload.get("format") == FORMAT
+
+
+def checkpoint_from_payload(payload: dict[str, Any], path: Path) -> Checkpoint:
     if payload.get("version", 0) > VERSION:
         raise CheckpointError(f"{path}: written by a newer reslab (format {payload['version']})")
     try:

@@ -94,7 +94,12 @@ TRAIN_FLAGS = {
     "--threads": ("threads", int, "CPU threads"),
     "--image-size": ("image_size", int, "image folders: resize and centre-crop to this side"),
     "--channels": ("channels", int, "image folders: 3 (RGB) or 1 (grayscale)"),
-    "--init-from": ("init_from", str, "start from the weights of this checkpoint"),
+    "--init-from": ("init_from", str, ("start from these weights: a checkpoint or run folder, or a file in "
+                                       "torchvision's or the common CIFAR layout (with --model); "
+                                       "--set finetune=head trains the classifier alone, "
+                                       "--set backbone_lr_scale=0.1 the rest at a tenth of the rate")),
+    "--normalize": ("normalize", str, ("channel | pixel (measured on the training images) | imagenet | cifar "
+                                       "(published statistics) | weights (the --init-from file's; its default)")),
     "--teacher": ("teacher", str, "distil from this checkpoint, run folder or bundled model (e.g. resnet56), or "
                                   "from the mean of several joined with + (resnet56+resnet20); "
                                   "--set distill_weight=0.9 --set distill_temperature=4; --set teacher_mode=cached "
@@ -369,6 +374,61 @@ def cmd_experiment(args: argparse.Namespace) -> None:
     print(f"wrote {report}")
 
 
+def cmd_import(args: argparse.Namespace) -> None:
+    from .checkpoint import save_checkpoint
+    from .data import DataOptions, load_dataset
+    from .data.augment import Normalizer
+    from .foreign import ForeignWeights, class_names, import_checkpoint, read_weights
+    from .summary import default_input_size
+
+    if Path(args.out).suffix not in (".pt", ".pth"):
+        raise ReslabError(f"--out {args.out}: name a .pt file (checkpoints are .pt or .pth)")
+    out = _output_file(Path(args.out), "--out")
+    weights = read_weights(args.file)
+    if not isinstance(weights, ForeignWeights):
+        raise ReslabError(f"{weights.path}: already a reslab checkpoint; nothing to import")
+    options = {k: v for k, v in (("shortcut", args.shortcut), ("bottleneck_stride", args.bottleneck_stride)) if v}
+    spec = weights.network(args.model, options)
+    normalize = args.normalize or weights.normalization
+    if normalize is None:
+        raise ReslabError(f"{weights.path} ({weights.layout} layout) does not say how its inputs were normalised, and "
+                          "code bases in this layout differ: give --normalize imagenet or cifar")
+    data = None
+    if args.data:
+        data = load_dataset(args.data, "val", DataOptions(root=args.data_root, image_size=args.image_size,
+                                                          channels=spec.in_channels if spec.in_channels in (1, 3) else 3))
+        if data.channels != spec.in_channels:
+            raise ReslabError(f"{args.model} from {weights.path} takes {spec.in_channels}-channel images; "
+                              f"{data.name} has {data.channels}")
+    classes = class_names(args.classes, weights.num_classes, data.classes if data else None)
+    input_size = args.image_size or (data.image_size if data else default_input_size(spec))
+    config = {k: v for k, v in (("data", args.data), ("data_root", args.data_root), ("image_size", args.image_size))
+              if v is not None}
+    checkpoint = import_checkpoint(weights, args.model, options, classes,
+                                   Normalizer.published(normalize, spec.in_channels), input_size, config)
+    save_checkpoint(checkpoint, out)
+    shown = ", ".join(classes[:3]) + (", ..." if len(classes) > 3 else "")
+    print(f"wrote {out}: {checkpoint.spec.name} from {weights.path} ({weights.layout} layout), "
+          f"{len(classes)} classes ({shown}), {input_size}px images normalised with {normalize}'s mean and std")
+
+
+def cmd_features(args: argparse.Namespace) -> None:
+    from .checkpoint import load_checkpoint
+    from .features import image_features, save_features
+    from .models.pretrained import available_pretrained, pretrained_checkpoint
+
+    if Path(args.out).suffix != ".npz":
+        raise ReslabError(f"--out {args.out}: name a .npz file (NumPy's archive of arrays)")
+    out = _output_file(Path(args.out), "--out")
+    bundled = not Path(args.checkpoint).exists() and args.checkpoint in available_pretrained()
+    checkpoint = pretrained_checkpoint(args.checkpoint) if bundled else load_checkpoint(args.checkpoint)
+    result = image_features(checkpoint, args.paths, batch_size=args.batch_size)
+    save_features(result, out)
+    labels = (f", labels of {len(result.classes)} class folders" if result.classes is not None else "")
+    print(f"wrote {out}: {result.features.shape[1]} pooled features of each of {len(result.paths):,} images "
+          f"({checkpoint.spec.name}){labels}")
+
+
 def cmd_analyze(args: argparse.Namespace) -> None:
     from .analysis.plots import response_figure
     from .analysis.responses import layer_responses
@@ -459,8 +519,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="reslab", description="Deep residual networks: build, train, study, use.")
     parser.add_argument("--version", action="version", version=f"reslab {__version__}")
     verbs = parser.add_subparsers(dest="verb", required=True, metavar="VERB")
-    for add_verb in (_add_models, _add_summary, _add_train, _add_eval, _add_predict, _add_explain, _add_export,
-                     _add_experiment, _add_analyze, _add_deepen):  # in `reslab --help`'s order
+    for add_verb in (_add_models, _add_summary, _add_train, _add_eval, _add_predict, _add_explain, _add_features,
+                     _add_export, _add_import, _add_experiment, _add_analyze, _add_deepen):  # in `reslab --help`'s order
         add_verb(verbs)
     return parser
 
@@ -548,6 +608,43 @@ def _add_export(verbs: argparse._SubParsersAction) -> None:
     p.add_argument("--format", choices=["onnx", "torchscript"], default="onnx")
     p.add_argument("--out", help="output file")
     p.set_defaults(func=cmd_export)
+
+
+def _add_import(verbs: argparse._SubParsersAction) -> None:
+    p = verbs.add_parser("import", help="make weights saved by other code (torchvision, CIFAR layouts) a checkpoint",
+                         description="reslab import FILE --model NAME --out CK.pt: weights in torchvision's layout "
+                                     "(conv1, layer1.0..., fc) or the common CIFAR layout (..., linear), at the top of the "
+                                     "file or under state_dict or model, keys prefixed module. or not, as a reslab "
+                                     "checkpoint that eval, predict, export, deepen and train --init-from take.")
+    p.add_argument("file", help="the weights file (.pth, .pt, .th)")
+    p.add_argument("--model", required=True, help="the network the weights are of, e.g. resnet50 or resnet20")
+    p.add_argument("--shortcut", choices=["A", "B", "C"], help="the shortcut option (CIFAR files with "
+                   "shortcut.0 convs are option B)")
+    p.add_argument("--bottleneck-stride", choices=["1x1", "3x3"],
+                   help="where bottlenecks stride (default: 3x3 for torchvision's layout, as torchvision does)")
+    p.add_argument("--normalize", choices=["imagenet", "cifar"],
+                   help="the statistics the weights were trained with (default: imagenet for torchvision's layout)")
+    p.add_argument("--classes", metavar="FILE|N", help="class names, one a line (default: the --data set's, "
+                   "else class_0, class_1, ...)")
+    p.add_argument("--data", help="the dataset the classifier's classes are of (names, image size; eval's default)")
+    p.add_argument("--data-root", help="where named datasets live")
+    p.add_argument("--image-size", type=positive_int, help="input side (default: the --data set's, else 224 for "
+                   "ImageNet-shaped networks, 32 otherwise)")
+    p.add_argument("--out", required=True, help="the checkpoint to write")
+    p.set_defaults(func=cmd_import)
+
+
+def _add_features(verbs: argparse._SubParsersAction) -> None:
+    p = verbs.add_parser("features", help="pooled features of images, for other models",
+                         description="reslab features CHECKPOINT IMAGE|FOLDER... --out feats.npz: each image's "
+                                     "global-average-pooled features (what the classifier reads), read as predict "
+                                     "reads images. The .npz holds features (N x D), paths and, for one folder laid "
+                                     "out root/<class>/..., labels and classes.")
+    p.add_argument("checkpoint", help="a .pt checkpoint, a run folder or a bundled model (e.g. resnet20)")
+    p.add_argument("paths", nargs="+", metavar="IMAGE", help="images or folders of them")
+    p.add_argument("--out", required=True, metavar="FILE.npz")
+    p.add_argument("--batch-size", type=positive_int, default=256, help="images decoded and run at a time")
+    p.set_defaults(func=cmd_features)
 
 
 def _add_experiment(verbs: argparse._SubParsersAction) -> None:

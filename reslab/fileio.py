@@ -11,7 +11,7 @@ import os
 import stat
 import tempfile
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, BinaryIO, Callable
 
 import torch
 import yaml
@@ -48,6 +48,15 @@ def atomic_write_text(text: str, path: Path) -> Path:
 
 def atomic_write_bytes(data: bytes, path: Path) -> Path:
     return _atomic(path, lambda tmp: Path(tmp).write_bytes(data))
+
+
+def atomic_write_with(path: Path, write: Callable[[BinaryIO], None]) -> Path:
+    """``write`` fills an open binary file (for writers that take one, like ``np.savez``, which would add
+    ".npz" to a temporary file's name)."""
+    def fill(tmp: str) -> None:
+        with open(tmp, "wb") as f:
+            write(f)
+    return _atomic(path, fill)
 
 
 def file_digest(path: str | Path, algorithm: str = "sha256", chunk: int = 1 << 20) -> str:

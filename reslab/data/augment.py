@@ -14,7 +14,18 @@ import torch.nn.functional as F
 
 from ..errors import DataError
 
-NORMALIZATIONS = ("channel", "pixel")
+NORMALIZATIONS = ("channel", "pixel")  # statistics measured on the training images
+
+# Per-channel (mean, std) of RGB images in [0, 1] that weights trained elsewhere expect, by name.
+# imagenet: the values torchvision documents for all its pretrained ImageNet classifiers (the ILSVRC-2012
+# training set's statistics), hence what its layout's files were trained with.
+# cifar: the CIFAR-10 training set's values as most CIFAR code copies them; measured by reslab on the 50k
+# training images they are 0.4913/0.4821/0.4465 and 0.2452/0.2428/0.2606. Some CIFAR code uses other
+# values (std 0.2023/0.1994/0.2010, or ImageNet's): a file's own code base says which.
+PUBLISHED_STATISTICS: dict[str, tuple[tuple[float, ...], tuple[float, ...]]] = {
+    "imagenet": ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
+    "cifar": ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
+}
 
 
 @dataclass(frozen=True)
@@ -43,6 +54,23 @@ class Normalizer:
         mean = total.sum((1, 2)) / count
         var = total_sq.sum((1, 2)) / count - mean.square()
         return cls(mean.float(), var.clamp_min(1e-12).sqrt().float())
+
+    @classmethod
+    def published(cls, name: str, channels: int = 3) -> Normalizer:
+        """The fixed statistics ``name`` (``PUBLISHED_STATISTICS``), for RGB images only."""
+        if name not in PUBLISHED_STATISTICS:
+            raise DataError(f"unknown published statistics {name!r}; choose one of {', '.join(PUBLISHED_STATISTICS)}")
+        if channels != 3:
+            raise DataError(f"{name}'s mean and std are for RGB images; these have {channels} channel(s)")
+        mean, std = PUBLISHED_STATISTICS[name]
+        return cls(torch.tensor(mean), torch.tensor(std))
+
+    def fits(self, channels: int, image_size: int) -> bool:
+        """Whether these statistics apply to (channels, image_size, image_size) images: a per-pixel mean
+        is an image of one size."""
+        if self.mean.dim() == 1:
+            return self.mean.numel() == channels
+        return tuple(self.mean.shape) == (channels, image_size, image_size)
 
     def to_dict(self) -> dict[str, list]:
         return {"mean": self.mean.tolist(), "std": self.std.tolist()}

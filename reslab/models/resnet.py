@@ -193,11 +193,14 @@ class Head(nn.Module):
         self.pool = make_pool(pool) if pool else nn.Identity()
         self.fc = nn.Linear(in_features, num_classes)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """The pooled features the classifier reads: (N, C)."""
         if self.bn is not None:
             x = self.relu(self.bn(x))
-        x = self.pool(x)
-        return self.fc(x.mean((2, 3)))
+        return self.pool(x).mean((2, 3))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.features(x))
 
 
 class ResNet(nn.Module):
@@ -209,6 +212,7 @@ class ResNet(nn.Module):
         self.stem = Stem(spec.in_channels, spec.stem, activate=not spec.preact)
         self.stages = nn.Sequential(*(Stage(s, spec) for s in spec.stages))
         self.head = Head(spec.out_channels, spec.num_classes, spec.head_pool, activate=spec.preact)
+        self.backbone_frozen = False
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
@@ -238,8 +242,26 @@ class ResNet(nn.Module):
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         return self.stages(self.stem(x))
 
-    def forward_head(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(x)
+    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        """Logits of the last stage's map; with ``pre_logits`` the pooled features the classifier reads."""
+        return self.head.features(x) if pre_logits else self.head(x)
+
+    def freeze_backbone(self) -> None:
+        """Train the classifier (``head.fc``) alone, as a linear probe does: every other parameter stops
+        taking gradients, and every BN keeps its running statistics (it stays in eval mode whatever
+        ``train()`` asks), so the features the classifier reads do not change."""
+        self.backbone_frozen = True
+        for name, p in self.named_parameters():
+            p.requires_grad_(name.startswith("head.fc."))
+        self.train(self.training)
+
+    def train(self, mode: bool = True) -> ResNet:
+        super().train(mode)
+        if self.backbone_frozen:
+            for m in self.modules():
+                if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                    m.eval()
+        return self
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.forward_head(self.forward_features(x))

@@ -29,6 +29,8 @@ SCHEDULES = ("multistep", "onecycle", "cosine", "constant")
 OPTIMIZERS = ("sgd", "adamw")
 DEVICES = ("auto", "cpu", "cuda", "mps")
 TEACHER_MODES = ("online", "cached")
+NORMALIZE = ("pixel", "channel", "imagenet", "cifar", "weights")  # see TrainConfig.normalize
+FINETUNE = ("all", "head")
 
 
 @dataclass
@@ -38,7 +40,9 @@ class TrainConfig:
     # init_from the network in that file.
     model: str | None = None
     model_options: dict[str, Any] = field(default_factory=dict)  # create_model overrides (shortcut, depth...)
-    init_from: str | None = None  # start from this checkpoint's weights (new optimizer and schedule)
+    # Start from these weights (new optimizer and schedule): a reslab checkpoint or run folder, or a file saved
+    # by other code in torchvision's or the common CIFAR layout (then ``model`` names its network).
+    init_from: str | None = None
     data: str = "cifar10"  # dataset name or path (see reslab.data)
     data_root: str | None = None
     train_split: str = "train"  # "train" (45k of CIFAR-10) or "trainval" (all 50k)
@@ -47,7 +51,11 @@ class TrainConfig:
     image_size: int | None = None  # image folders: resize/crop side
     channels: int = 3  # image folders: 3 (RGB) or 1 (grayscale)
     strict: bool = False  # image folders: fail on unreadable or non-image files instead of skipping them
-    normalize: str = "pixel"  # "pixel": the paper's per-pixel mean subtraction, or "channel" mean/std
+    # Measured on the training images: "pixel" (the paper's per-pixel mean subtraction) or "channel" (mean/std).
+    # Fixed: "imagenet" or "cifar" (the statistics weights trained elsewhere expect, reslab/data/augment.py).
+    # "weights": those the init_from weights were trained with (a checkpoint's own; torchvision's: imagenet),
+    # what resolve() chooses for a run with init_from when nothing else is asked for.
+    normalize: str = "pixel"
     augment: bool = True  # the dataset's crop/flip (CIFAR: pad 4, random crop, flip)
     cutout: int = 0  # side in pixels of a square zeroed at a random place in each training image; 0: none
     # ---- the recipe (defaults: the paper's, Sec. 4.2; reslab/train/recipes.py holds the others) -----
@@ -93,6 +101,12 @@ class TrainConfig:
     # epoch join a running mean, evaluated and saved as averaged.pt. Below 1 a fraction of the run (0.75:
     # the last quarter), else an epoch count; None: no averaging.
     average_from: float | None = None
+    # Transfer learning (reslab/train/finetune.py): "all" trains every layer; "head" trains the classifier
+    # alone (a linear probe: the rest frozen, BN statistics included).
+    finetune: str = "all"
+    # With finetune "all": every layer but the classifier learns at this fraction of the rate (e.g. 0.1, so
+    # that weights from init_from are adjusted rather than relearned while a new classifier learns).
+    backbone_lr_scale: float = 1.0
     # ---- running ------------------------------------------------------------------------
     seed: int = 0
     eval_every: int = 1  # epochs
@@ -164,7 +178,15 @@ class TrainConfig:
         need(not (self.train_split == "trainval" and self.eval_split == "val"),
              "train_split trainval includes the validation images; evaluate on test (or none)")
         need(self.channels in (1, 3), f"channels must be 1 or 3, got {self.channels!r}")
-        need(self.normalize in ("channel", "pixel"), f"normalize must be channel or pixel, got {self.normalize!r}")
+        need(self.normalize in NORMALIZE, f"normalize must be one of {', '.join(NORMALIZE)}, got {self.normalize!r}")
+        need(self.normalize != "weights" or self.init_from is not None,
+             "normalize weights takes the statistics of the init_from weights; this run has none (--init-from)")
+        need(self.finetune in FINETUNE, f"finetune must be one of {', '.join(FINETUNE)}, got {self.finetune!r}")
+        need(self.backbone_lr_scale > 0, f"backbone_lr_scale must be positive, got {self.backbone_lr_scale}")
+        need(self.finetune != "head" or self.backbone_lr_scale == 1,
+             "backbone_lr_scale has no effect with finetune head (the backbone does not train)")
+        need(self.finetune != "head" or self.average_from is None,
+             "average_from measures BN statistics again for the averaged weights, which finetune head keeps frozen")
         need(_valid_milestones(self.milestones),
              "milestones must be an increasing list of positive numbers, either all steps (whole numbers) "
              f"or all fractions of the run (below 1), e.g. [0.5, 0.75] or [32000, 48000]; got {self.milestones!r}")
@@ -306,6 +328,10 @@ def resolve(recipe: str | None = None, file: str | Path | None = None,
     if "model_options" in overrides and isinstance(overrides["model_options"], dict):
         overrides["model_options"] = {**config.model_options, **overrides["model_options"]}
     config = apply(config, overrides, "command line") if overrides else config
+    if config.init_from and "normalize" not in file_values and "normalize" not in overrides:
+        # Weights learnt their features from inputs normalised one way: feed them the same (a recipe's
+        # choice is for training from scratch).
+        config = dataclasses.replace(config, normalize="weights")
     return config.validate()
 
 

@@ -115,7 +115,7 @@ def train_step(run: TrainingRun, batch: Batch, sums: EpochSums) -> tuple[torch.T
     and the count of examples the network got wrong, both left on the device."""
     lr = run.schedule(run.state.step, run.state.warming_up)
     for group in run.optimizer.param_groups:
-        group["lr"] = lr
+        group["lr"] = lr * group.get("lr_scale", 1.0)  # a smaller rate for a backbone (train/finetune.py)
     run.optimizer.zero_grad(set_to_none=True)
     micro = run.config.accumulation
     wrong = torch.zeros((), dtype=torch.int64, device=run.device)

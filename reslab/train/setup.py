@@ -35,6 +35,8 @@ from .console import Console
 from .distill import Distillation, OnlineTeacher, Teacher, cache_teacher, prepare_teacher
 from .evaluate import evaluate
 from .extras import EpochExtra
+from .finetune import (StartingWeights, apply_finetune, needs_new_classifier, parameter_groups, run_normalizer,
+                       starting_weights)
 from .history import TensorBoard
 from .objective import CrossEntropy, Objective
 from .run_lock import RunLock
@@ -144,12 +146,14 @@ def _prepare(config: TrainConfig, device: torch.device, ctx: distributed.DistCon
     eval_data = load_dataset(config.data, config.eval_split, data_options(config)) if config.eval_split else None
     checkpoint = _resumed_checkpoint(run_dir, train_data) if resume else None
     facts = read_run_facts(run_dir) if resume else {}
-    normalizer = checkpoint.normalizer if checkpoint else Normalizer.fit(train_data.images, config.normalize)
+    start = starting_weights(config) if config.init_from and not checkpoint else None
+    normalizer = checkpoint.normalizer if checkpoint else run_normalizer(config, train_data, start)
     torch.manual_seed(config.seed)
-    spec, weights = _starting_weights(config, train_data, checkpoint, facts)
+    spec, weights = _starting_weights(config, train_data, checkpoint, start, facts)
     model = ResNet(spec)
     if weights is not None:
         model.load_state_dict(weights, strict=checkpoint is not None)
+    apply_finetune(model, config)
     memory_format = torch.channels_last if config.channels_last else torch.contiguous_format
     model.to(device, memory_format=memory_format)
     optimizer = make_optimizer(model, config)
@@ -190,7 +194,7 @@ def _prepare(config: TrainConfig, device: torch.device, ctx: distributed.DistCon
         wall_at_start=state.wall_time_s)
     run.last_lr = run.schedule(state.step, state.warming_up)
     _write_run_files(run, facts, resume)
-    _announce(run, train_data, teacher, resumed=checkpoint is not None)
+    _announce(run, train_data, teacher, resumed=checkpoint is not None, start=facts.get("init_from"))
     return run
 
 
@@ -199,20 +203,20 @@ def data_options(config: TrainConfig) -> DataOptions:
                        channels=config.channels, strict=config.strict)
 
 
-def model_spec(config: TrainConfig, data: ImageArrays, start: NetSpec | None = None) -> NetSpec:
+def model_spec(config: TrainConfig, data: ImageArrays, start: NetSpec | None = None,
+               implied: dict[str, Any] | None = None) -> NetSpec:
     """The network the config names, shaped for ``data``; with no model named, ``start`` (the network of
-    the file the run starts from) or DEFAULT_MODEL."""
-    overrides = {"num_classes": len(data.classes), "in_channels": data.channels, **config.model_options}
+    the file the run starts from) or DEFAULT_MODEL. ``implied``: options the start file's layout implies
+    (the config's own win)."""
+    overrides = {**(implied or {}), "num_classes": len(data.classes), "in_channels": data.channels,
+                 **config.model_options}
     return resolve_spec(config.model or start or DEFAULT_MODEL, **overrides)
 
 
 def make_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
-    if config.no_decay_bn_bias:
-        # BN scales/shifts and biases are 1-d: decaying them only fights the normalisation.
-        groups = [{"params": [p for p in model.parameters() if p.ndim > 1], "weight_decay": config.weight_decay},
-                  {"params": [p for p in model.parameters() if p.ndim <= 1], "weight_decay": 0.0}]
-    else:
-        groups = [{"params": list(model.parameters()), "weight_decay": config.weight_decay}]
+    """The optimizer over what trains (reslab/train/finetune.py: all, the classifier alone, or the backbone at a
+    smaller rate)."""
+    groups = parameter_groups(model, config)
     if config.optimizer == "sgd":
         return torch.optim.SGD(groups, lr=config.lr, momentum=config.momentum, nesterov=config.nesterov,
                                foreach=True)
@@ -251,30 +255,35 @@ def _resumed_checkpoint(run_dir: Path, data: ImageArrays) -> Checkpoint:
 
 
 def _starting_weights(config: TrainConfig, data: ImageArrays, checkpoint: Checkpoint | None,
-                      facts: dict[str, Any]) -> tuple[NetSpec, dict[str, torch.Tensor] | None]:
+                      start: StartingWeights | None, facts: dict[str, Any]
+                      ) -> tuple[NetSpec, dict[str, torch.Tensor] | None]:
     """The network and the weights the run starts from: a resumed run's, ``init_from``'s, or none (a fresh
     network). Either file must hold the network the config names; ``init_from`` may differ in its class
     count (fine-tuning: a fresh classifier). The start file's SHA-256 goes to run.json (it may change later,
-    as a bundled model's does)."""
+    as a bundled model's does), with its kind and whether the classifier is new."""
     if checkpoint is not None:
+        implied = facts.get("init_from", {}).get("implied_model_options")
         try:
-            wanted = model_spec(config, data, checkpoint.spec)
+            wanted = model_spec(config, data, checkpoint.spec, implied)
         except SpecError:  # a spec file moved or deleted since: last.pt holds the whole network anyway
             wanted = checkpoint.spec
         _check_same_network(checkpoint.spec, wanted, checkpoint.path)
         return checkpoint.spec, checkpoint.model_state
-    if not config.init_from:
+    if start is None:
         return model_spec(config, data), None
-    source = load_checkpoint(config.init_from)
-    spec, state = source.spec, dict(source.model_state)
+    spec, state = start.spec, dict(start.state)
     if spec.in_channels != data.channels:
         raise CheckpointError(f"{config.init_from}: model takes {spec.in_channels}-channel input, "
                               f"{data.name} has {data.channels}")
-    if spec.num_classes != len(data.classes):
+    new_head = needs_new_classifier(start, data.classes)
+    if new_head:
         spec = spec.with_overrides(num_classes=len(data.classes))
         state = {k: v for k, v in state.items() if not k.startswith("head.fc.")}
-    _check_same_network(spec, model_spec(config, data, spec), source.path)
-    facts["init_from"] = {"file": str(source.path.resolve()), "sha256": sha256(source.path)}
+    _check_same_network(spec, model_spec(config, data, spec, start.implied_options), start.path)
+    facts["init_from"] = {"file": str(start.path.resolve()), "sha256": sha256(start.path), "kind": start.source,
+                          "classes_in_file": start.spec.num_classes, "new_classifier": new_head}
+    if start.implied_options:
+        facts["init_from"]["implied_model_options"] = start.implied_options
     return spec, state
 
 
@@ -345,8 +354,19 @@ def _write_run_files(run: TrainingRun, facts: dict[str, Any], resume: bool) -> N
     atomic_write_text(json.dumps(facts, indent=2) + "\n", run.run_dir / "run.json")
 
 
-def _announce(run: TrainingRun, data: ImageArrays, teacher: Teacher | None, resumed: bool) -> None:
+def _announce(run: TrainingRun, data: ImageArrays, teacher: Teacher | None, resumed: bool,
+              start: dict[str, Any] | None) -> None:
     config, say = run.config, run.console.line
+    if start and not resumed and "kind" in start:
+        other = ("other classes" if start["classes_in_file"] == len(data.classes)
+                 else f"{start['classes_in_file']} classes")
+        head = (f"a new classifier for the data's {len(data.classes)} classes (the file's has {other})"
+                if start["new_classifier"] else "its classifier kept")
+        trains = {"head": "the classifier alone trains (linear probe)",
+                  "all": "every layer trains" + (f", all but the classifier at {config.backbone_lr_scale:g}x the rate"
+                                                 if config.backbone_lr_scale != 1 else "")}[config.finetune]
+        norm = "the file's own" if config.normalize == "weights" else config.normalize
+        say(f"starting from {start['file']} ({start['kind']}): {head}; {trains}; normalisation: {norm}")
     if run.autocast and run.device.type == "cpu":
         warning = slow_bfloat16_warning("cpu")
         if warning:
