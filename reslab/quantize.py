@@ -27,6 +27,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import torch
+from torch import nn
 
 from .checkpoint import Checkpoint, checkpoint_dataset
 from .data.augment import preprocess_eval
@@ -65,14 +66,6 @@ def quantize(checkpoint: Checkpoint, images: torch.Tensor) -> bytes:
     """The checkpoint's network, BN folded, as an int8 ONNX file (QDQ) calibrated on ``images``
     (uint8, as ``calibration_images`` gives them). Same input and output as the float export."""
     require_onnxruntime()
-    from onnxruntime.quantization import (
-        CalibrationDataReader,
-        CalibrationMethod,
-        QuantFormat,
-        QuantType,
-        quantize_static,
-    )
-
     model = fold_batchnorm(checkpoint.build_model())
     if not all(torch.isfinite(p).all() for p in model.state_dict().values() if p.is_floating_point()):
         raise CheckpointError(f"{checkpoint.path}: the weights hold NaN or infinity, so they cannot be quantized")
@@ -81,6 +74,22 @@ def quantize(checkpoint: Checkpoint, images: torch.Tensor) -> bytes:
         if not torch.isfinite(model(x[:CALIBRATION_BATCH])).all():
             raise CheckpointError(f"{checkpoint.path}: non-finite outputs on calibration images, so the model "
                                   "cannot be quantized")
+    return quantize_model(model, x)
+
+
+def quantize_model(model: nn.Module, calibration: torch.Tensor) -> bytes:
+    """``model`` (BN folded, eval mode) as an int8 ONNX file, calibrated on ``calibration``:
+    normalised float (N, C, H, W) images, as the model takes them."""
+    require_onnxruntime()
+    from onnxruntime.quantization import (
+        CalibrationDataReader,
+        CalibrationMethod,
+        QuantFormat,
+        QuantType,
+        quantize_static,
+    )
+
+    x = calibration
     example = x[:2] if len(x) >= 2 else x.repeat(2, 1, 1, 1)  # the export traces with a batch of 2 or more
     float_model = onnx_bytes(model, example)
 

@@ -82,17 +82,13 @@ def test_the_tiny_model_learned_its_task(trained):
 
 
 def test_pt2_is_the_default_and_round_trips_at_any_batch(trained, tmp_path):
-    from reslab.export import export
-
     result = cli("export", trained["path"], "--out", tmp_path / "m.pt2")
     assert result.returncode == 0, result.stderr
-    assert "(pt2)" in result.stdout and "batch sizes 1, 7, 16" in result.stdout
+    assert "(pt2)" in result.stdout and "(torch.export.load, batch sizes 1, 7, 16)" in result.stdout
     program = torch.export.load(str(tmp_path / "m.pt2")).module()
     x = trained["x"]
     for n in (1, 7, 16, 5):
         assert torch.allclose(program(x[:n]), _float_logits(trained, x[:n]), atol=1e-5)
-    checked = export(load_checkpoint(trained["path"]), tmp_path / "n.pt2", "pt2", x[:16])
-    assert [c["batch"] for c in checked.checks] == [1, 7, 16] and checked.max_abs_diff < 1e-5
 
 
 def test_onnx_takes_any_batch_size(trained, tmp_path):
@@ -228,7 +224,8 @@ def test_an_export_that_disagrees_with_pytorch_is_not_written(trained, tmp_path,
         return [{"batch": n, "max_abs_diff": 3.0, "top1_agree": 0} for n in sizes]
 
     monkeypatch.setattr(reslab.export, "check_batches", wrong)
-    result = cli("export", trained["path"], "--out", tmp_path / "m.pt2")
+    # The check is the same for every format; TorchScript is the quickest to write.
+    result = cli("export", trained["path"], "--format", "torchscript", "--out", tmp_path / "m.ts")
     assert result.returncode == 2 and "differs from PyTorch by up to 3" in result.stderr
     assert not list(tmp_path.iterdir())
 
