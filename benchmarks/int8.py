@@ -2,7 +2,7 @@
 reslab/quantize.py) and PyTorch's PT2E flow with torchao's X86InductorQuantizer, compiled by inductor.
 
 For each: top-1 accuracy on the CIFAR-10 validation split (5k images), batch-256 images/s and batch-1
-latency, beside the eager float32 model (NCHW, the usual code) and ONNX Runtime in float32. Both
+latency (paths timed in turn, medians of the rounds), beside the eager float32 model (NCHW, the usual code) and ONNX Runtime in float32. Both
 int8 flows quantize the BN-folded model, calibrated on the same 256 seeded training images.
 
     taskset -c 0 python benchmarks/int8.py --data-root DATA [--models resnet20,resnet56] [--threads 1]
@@ -45,16 +45,21 @@ def accuracy(model, images: torch.Tensor, labels: torch.Tensor, normalizer, batc
     return correct / len(images)
 
 
-def throughput(model, x: torch.Tensor, repeats: int) -> dict:
-    """images/s: the median of ``repeats`` timed calls after one warm-up call."""
+def alternating_times(paths: dict, x: torch.Tensor, rounds: int, calls: int) -> dict[str, float]:
+    """Seconds per call of each path on ``x``: the median over ``rounds`` rounds, each timing ``calls``
+    calls of every path in turn (after a warm-up call each), so that a busy machine's slow spells fall
+    on all paths alike."""
+    times: dict[str, list[float]] = {name: [] for name in paths}
     with torch.inference_mode():
-        model(x)
-        times = []
-        for _ in range(repeats):
-            start = time.perf_counter()
+        for model in paths.values():
             model(x)
-            times.append(time.perf_counter() - start)
-    return {"per_s": len(x) / statistics.median(times), "runs_s": times}
+        for _ in range(rounds):
+            for name, model in paths.items():
+                start = time.perf_counter()
+                for _ in range(calls):
+                    model(x)
+                times[name].append((time.perf_counter() - start) / calls)
+    return {name: statistics.median(v) for name, v in times.items()}
 
 
 def with_functional_relus(model: torch.nn.Module) -> torch.nn.Module:
@@ -121,15 +126,15 @@ def measure(name: str, data_root: str | None, quick: bool, with_pt2e: bool) -> d
         for reduce_range in (False, True):
             path = "pt2e_int8_inductor" + ("_7bit_activations" if reduce_range else "")
             paths[path], seconds[path] = pt2e_int8(folded, calibration_x, [eval_batch, x256, x1], reduce_range)
-    repeats, latency_calls = (2, 20) if quick else (5, 200)
-    out = {"model": name, "calibration": source, "val_images": len(images), "paths": {}}
+    rounds, latency_calls = (2, 10) if quick else (7, 30)
+    batch = alternating_times(paths, x256, rounds, 1)
+    single = alternating_times(paths, x1, rounds, latency_calls)
+    out = {"model": name, "calibration": source, "val_images": len(images), "rounds": rounds, "paths": {}}
     for path, model in paths.items():
-        batch = throughput(model, x256, repeats)
-        single = throughput(model, x1, latency_calls)
-        out["paths"][path] = {"top1": accuracy(model, images, labels, normalizer), "batch256_per_s": batch["per_s"],
-                              "batch1_ms": 1000 / single["per_s"], "prepare_s": seconds.get(path)}
+        out["paths"][path] = {"top1": accuracy(model, images, labels, normalizer), "batch256_per_s": 256 / batch[path],
+                              "batch1_ms": 1000 * single[path], "prepare_s": seconds.get(path)}
         print(f"{name:<9} {path:<36} top-1 {100 * out['paths'][path]['top1']:6.2f}%  "
-              f"{batch['per_s']:7.0f} img/s (batch 256)  {1000 / single['per_s']:6.2f} ms (batch 1)", flush=True)
+              f"{256 / batch[path]:7.0f} img/s (batch 256)  {1000 * single[path]:6.2f} ms (batch 1)", flush=True)
     base = out["paths"]["eager_fp32"]
     for values in out["paths"].values():
         values["batch256_ratio"] = values["batch256_per_s"] / base["batch256_per_s"]

@@ -59,9 +59,11 @@ def export(checkpoint: Checkpoint, out: Path, fmt: str = DEFAULT_FORMAT, check_i
     checks use up to 16). ``calibration``: onnx-int8's uint8 calibration images."""
     if fmt not in FORMATS:
         raise ReslabError(f"unknown export format {fmt!r}; choose one of {', '.join(FORMATS)}")
+    if len(check_inputs) < 2:
+        raise ValueError("export traces with 2 or more check images (a batch of 1 would fix the batch size)")
     model = checkpoint.build_model()
     x = check_inputs.contiguous()
-    sizes = tuple(n for n in CHECK_BATCHES if n <= len(x)) or (len(x),)
+    sizes = tuple(sorted({n for n in CHECK_BATCHES if n <= len(x)} | {len(x)}))
     if fmt == "pt2":
         data, run, engine = _pt2(model, x)
     elif fmt == "torchscript":

@@ -42,7 +42,8 @@ CALIBRATION_BATCH = 32
 def calibration_images(checkpoint: Checkpoint, folder: str | Path | None = None, data_root: str | None = None,
                        count: int = CALIBRATION_IMAGES, seed: int = 0) -> tuple[torch.Tensor, str]:
     """uint8 (N, C, H, W) images to calibrate on, and what they are: ``count`` images drawn (seeded)
-    from ``folder`` (any image files in it, at any depth) or else from the checkpoint's training split."""
+    from ``folder`` (any image files in it, at any depth) or else from the checkpoint's training split,
+    when it is on disk."""
     generator = torch.Generator().manual_seed(seed)
     if folder is not None:
         from .predict import expand_paths, load_images
@@ -53,11 +54,11 @@ def calibration_images(checkpoint: Checkpoint, folder: str | Path | None = None,
         files = expand_paths([folder])
         chosen = [files[i] for i in sorted(torch.randperm(len(files), generator=generator)[:count].tolist())]
         return load_images(chosen, checkpoint.spec.in_channels, checkpoint.input_size), f"{len(chosen)} images from {folder}"
-    try:
-        arrays = checkpoint_dataset(checkpoint, None, data_root, "train")
+    try:  # never a download: a prediction should not fetch a dataset to calibrate on
+        arrays = checkpoint_dataset(checkpoint, None, data_root, "train", download=False)
     except ReslabError as exc:
-        raise DataError(f"int8 calibration needs images the model was trained on: {exc} (or give --calibration "
-                        "FOLDER of images)") from None
+        raise DataError(f"int8 calibration needs images the model was trained on: {exc} (give --data-root, or "
+                        "--calibration FOLDER of images)") from None
     indices = torch.randperm(len(arrays), generator=generator)[:count]
     return arrays.images[indices], f"{len(indices)} {arrays.name} images"
 
