@@ -172,7 +172,6 @@ def _onnx_runners(model, x, iters) -> dict[str, Callable[[], None]]:
     ``--precision int8`` runs). Calibrated on random images: the speed does not depend on the values."""
     try:
         import onnxruntime  # noqa: F401
-        import onnxscript  # noqa: F401
     except ImportError:
         return {}
     from reslab.inference import fold_batchnorm
