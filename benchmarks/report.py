@@ -29,11 +29,13 @@ def speed_tables(result: dict) -> str:
         lines.append(f"| {case['case']} | {value(case['baseline'])} | {value(case['reslab'])} | "
                      f"**{case['reslab']['ratio']:.2f}x** | {others} | {peaks} |")
     prof = result["profile_resnet20_step"]
-    wall = prof["wall_s_per_step"]
-    lines += ["", f"Profile of one ResNet-20 training step at batch 128 ({1000 * wall:.0f} ms, torch.profiler self CPU "
-                  "time by op category, mean of the profiled steps):", "", "| where | ms | share |", "|---|---|---|"]
-    for k, v in prof["categories_s"].items():
-        lines.append(f"| {k} | {1000 * v:.1f} | {100 * v / wall:.1f}% |")
+    if prof:  # None in an --inference-only run
+        wall = prof["wall_s_per_step"]
+        lines += ["", f"Profile of one ResNet-20 training step at batch 128 ({1000 * wall:.0f} ms, torch.profiler self "
+                      "CPU time by op category, mean of the profiled steps):", "", "| where | ms | share |",
+                  "|---|---|---|"]
+        for k, v in prof["categories_s"].items():
+            lines.append(f"| {k} | {1000 * v:.1f} | {100 * v / wall:.1f}% |")
     f = result["arithmetic_floor"]
     lines += ["", f"Arithmetic floor: a 1024x1024 float32 matmul runs at {f['gemm_mult_adds_per_s'] / 1e9:.1f} G "
                   f"multiply-adds/s here. ResNet-20 needs {f['resnet20_forward_mult_adds'] / 1e6:.1f} M per image forward "
@@ -67,10 +69,24 @@ def data_table(result: dict) -> str:
             f"{1000 * result['resnet20_train_step_s']:.0f} ms."])
 
 
+def int8_table(result: dict) -> str:
+    m = result["machine"]
+    lines = [f"Machine: {m['processor']}, {m['cpus']} CPUs; torch {m['torch']}, {result['threads']} thread(s); "
+             + ", ".join(f"{k} {v}" for k, v in result["versions"].items()) + ".", "",
+             "| model | path | top-1 (val) | batch 256 | ratio | batch 1 | ratio |", "|---|---|---|---|---|---|---|"]
+    for r in result["results"]:
+        for path, v in r["paths"].items():
+            lines.append(f"| {r['model']} | {path} | {100 * v['top1']:.2f}% | {v['batch256_per_s']:.0f} img/s | "
+                         f"{v['batch256_ratio']:.2f}x | {v['batch1_ms']:.2f} ms | {v['batch1_ratio']:.2f}x |")
+    return "\n".join(lines)
+
+
 def main() -> None:
     for path in sys.argv[1:]:
         result = json.loads(Path(path).read_text())
-        if result["benchmark"] != "speed":
+        if result["benchmark"] == "int8":
+            print(int8_table(result))
+        elif result["benchmark"] != "speed":
             print(data_table(result))
         else:
             measured = any("memory" in v for case in result["cases"] for v in case.values() if isinstance(v, dict))

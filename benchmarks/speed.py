@@ -149,37 +149,49 @@ def inference_case(depth_model: Callable, ours_model, batch: int, size: int, ite
                     model(x_cl)
         return run
 
+    def autocast(model) -> Callable[[], None]:
+        def run() -> None:
+            with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16):
+                for _ in range(iters):
+                    model(x_cl)
+        return run
+
     # reslab: frozen TorchScript (BN folded, oneDNN); also its eager BN-folded path, the same in
-    # bfloat16 where the CPU has bf16 instructions (outputs rounded: opt-in), and ONNX Runtime.
+    # bfloat16 (weights cast, and under autocast) where the CPU has bf16 instructions (outputs
+    # rounded: opt-in), and ONNX Runtime in float32 and int8 (reslab/quantize.py).
     pair = {"baseline": run_baseline, "reslab": repeated(frozen), "reslab_eager_folded": repeated(eager)}
     if bfloat16_is_fast():
         pair["reslab_bf16"] = repeated(optimize_for_inference(ours_model.eval(), "bfloat16"))
-    onnx = _onnx_runner(eager, x, iters)
-    if onnx is not None:
-        pair["reslab_onnxruntime"] = onnx
+        pair["reslab_bf16_autocast"] = autocast(eager)
+    pair.update(_onnx_runners(ours_model, x, iters))
     return Case(label, unit, batch * iters, pair)
 
 
-def _onnx_runner(model, x, iters):
+def _onnx_runners(model, x, iters) -> dict[str, Callable[[], None]]:
+    """ONNX Runtime on the BN-folded model exported in float32, and on its int8 quantization (what
+    ``--precision int8`` runs). Calibrated on random images: the speed does not depend on the values."""
     try:
-        import onnxruntime as ort
+        import onnxruntime  # noqa: F401
     except ImportError:
-        return None
-    import io
+        return {}
+    from reslab.inference import fold_batchnorm
+    from reslab.onnxio import OnnxRuntimeModel, onnx_bytes
+    from reslab.quantize import quantize_model
 
-    buffer = io.BytesIO()
-    torch.onnx.export(model, (x.contiguous(),), buffer, input_names=["images"], output_names=["logits"],
-                      dynamic_axes={"images": {0: "batch"}}, opset_version=17, dynamo=False)
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = torch.get_num_threads()
-    session = ort.InferenceSession(buffer.getvalue(), options, providers=["CPUExecutionProvider"])
-    feed = {"images": x.numpy()}
+    folded = fold_batchnorm(model)
+    calibration = torch.randn(16, *x.shape[1:], generator=torch.Generator().manual_seed(0))
+    sessions = {"reslab_onnxruntime": OnnxRuntimeModel(onnx_bytes(folded, calibration[:2])),
+                "reslab_int8": OnnxRuntimeModel(quantize_model(folded, calibration))}
 
-    def run() -> None:
-        for _ in range(iters):
-            session.run(None, feed)
+    def repeated(session: OnnxRuntimeModel) -> Callable[[], None]:
+        feed = {session.input_name: x.contiguous().numpy()}
 
-    return run
+        def run() -> None:
+            for _ in range(iters):
+                session.session.run(None, feed)
+        return run
+
+    return {name: repeated(session) for name, session in sessions.items()}
 
 
 def build_case(key: str, quick: bool, data_root: str | None) -> Case:
@@ -249,8 +261,8 @@ def measure_memory(key: str, paths: list[str], quick: bool, data_root: str | Non
     """Each path's memory from its own process (a shared process would reuse what others freed)."""
     out = {}
     for path in paths:
-        command = [sys.executable, __file__, "--probe", key, path] + (["--quick"] if quick else []) + \
-                  (["--data-root", data_root] if data_root else [])
+        command = [sys.executable, __file__, "--probe", key, path, "--threads", str(torch.get_num_threads())] + \
+                  (["--quick"] if quick else []) + (["--data-root", data_root] if data_root else [])
         try:
             run = subprocess.run(command, capture_output=True, text=True, timeout=PROBE_TIMEOUT_S)
         except subprocess.TimeoutExpired:
@@ -337,16 +349,20 @@ def main() -> None:
     parser.add_argument("--data-root")
     parser.add_argument("--depths", default="20,56,110")
     parser.add_argument("--no-memory", action="store_true", help="skip the per-path memory probes")
+    parser.add_argument("--inference-only", action="store_true", help="only the inference and latency cases")
+    parser.add_argument("--threads", type=int, help="torch (and ONNX Runtime) threads (default: torch's)")
     parser.add_argument("--probe", nargs=2, metavar=("CASE", "PATH"), help=argparse.SUPPRESS)
     parser.add_argument("--out", default=str(Path(__file__).parent / "results" / "speed.json"))
     args = parser.parse_args()
     quick = args.quick
+    if args.threads:
+        torch.set_num_threads(args.threads)
     if args.probe:
         print(json.dumps(probe_memory(*args.probe, quick, args.data_root)))
         return
     repeats = 1 if quick else args.repeats
     depths = [int(d) for d in args.depths.split(",")]
-    keys = [f"train:{d}" for d in depths]
+    keys = [] if args.inference_only else [f"train:{d}" for d in depths]
     keys += [f"{kind}:{d}" for d in depths if d in (20, 56) for kind in ("infer", "latency")]
     keys.append("infer50")
     cases = []
@@ -360,19 +376,23 @@ def main() -> None:
                 result[path]["memory"] = memory
         cases.append(result)
         print(_line(cases[-1]), flush=True)
-    data, norm = _data(quick, args.data_root)
-    prof = profile_step(data, norm, 2 if quick else 5)
+    prof = None
+    if not args.inference_only:
+        data, norm = _data(quick, args.data_root)
+        prof = profile_step(data, norm, 2 if quick else 5)
     rate = gemm_rate()
     flops = summarize("resnet20").flops
     floor = {"gemm_mult_adds_per_s": rate, "resnet20_forward_mult_adds": flops,
              "training_mult_adds_per_image": 3 * flops,
              "training_images_per_s_floor": rate / (3 * flops), "inference_images_per_s_floor": rate / flops}
-    result = {"benchmark": "speed", "data": _DATA["source"], "repeats": repeats, "quick": quick,
-              "machine": machine(), "cases": cases, "profile_resnet20_step": prof, "arithmetic_floor": floor}
+    result = {"benchmark": "speed", "data": _DATA.get("source", "random images (inference only)"),
+              "repeats": repeats, "quick": quick, "machine": machine(), "cases": cases,
+              "profile_resnet20_step": prof, "arithmetic_floor": floor}
     write_json(result, Path(args.out))
-    print(f"\nprofile of one ResNet-20 training step ({1000 * prof['wall_s_per_step']:.0f} ms):")
-    for k, v in prof["categories_s"].items():
-        print(f"  {k:<44}{1000 * v:8.1f} ms {100 * v / prof['wall_s_per_step']:5.1f}%")
+    if prof:
+        print(f"\nprofile of one ResNet-20 training step ({1000 * prof['wall_s_per_step']:.0f} ms):")
+        for k, v in prof["categories_s"].items():
+            print(f"  {k:<44}{1000 * v:8.1f} ms {100 * v / prof['wall_s_per_step']:5.1f}%")
     print(f"GEMM {rate / 1e9:.1f} G mult-adds/s -> floor {floor['training_images_per_s_floor']:.0f} train img/s, "
           f"{floor['inference_images_per_s_floor']:.0f} inference img/s for ResNet-20")
     print(f"wrote {args.out}")

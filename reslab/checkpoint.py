@@ -121,9 +121,11 @@ def checkpoint_from_payload(payload: dict[str, Any], path: Path) -> Checkpoint:
         raise CheckpointError(f"{path}: incomplete reslab checkpoint ({exc})") from None
 
 
-def checkpoint_dataset(checkpoint: Checkpoint, data: str | None, data_root: str | None, split: str) -> ImageArrays:
+def checkpoint_dataset(checkpoint: Checkpoint, data: str | None, data_root: str | None, split: str,
+                       download: bool = True) -> ImageArrays:
     """The dataset a checkpoint was trained on (or ``data``), read with the same options, after
-    checking that its classes, channels and image size are the model's."""
+    checking that its classes, channels and image size are the model's. ``download=False``: a named
+    dataset that is not on disk is an error instead of a download."""
     from .data import DataOptions, load_dataset
 
     config = checkpoint.config
@@ -132,7 +134,8 @@ def checkpoint_dataset(checkpoint: Checkpoint, data: str | None, data_root: str 
         raise CheckpointError(f"{checkpoint.path}: no dataset recorded; pass --data")
     options = DataOptions(root=data_root or config.get("data_root"), val_fraction=config.get("val_fraction", 0.1),
                           image_size=config.get("image_size") or checkpoint.input_size,
-                          channels=checkpoint.spec.in_channels if checkpoint.spec.in_channels in (1, 3) else 3)
+                          channels=checkpoint.spec.in_channels if checkpoint.spec.in_channels in (1, 3) else 3,
+                          download=download)
     arrays = load_dataset(source, split, options)
     if len(arrays.classes) != len(checkpoint.classes) or arrays.channels != checkpoint.spec.in_channels:
         raise CheckpointError(f"{checkpoint.path}: model has {len(checkpoint.classes)} classes and "

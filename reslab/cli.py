@@ -185,13 +185,17 @@ def cmd_eval(args: argparse.Namespace) -> None:
 
     checkpoint = load_checkpoint(args.checkpoint)
     arrays = checkpoint_dataset(checkpoint, args.data, args.data_root, args.split)
-    model = checkpoint.build_model()
-    if args.precision != "float32":  # the float32 default evaluates the model exactly as trained
+    model, calibration = checkpoint.build_model(), None
+    check_tta(checkpoint, args.tta, arrays)
+    if args.precision == "int8":
+        from .quantize import int8_model
+
+        model, calibration = int8_model(checkpoint, args.calibration, args.data_root)
+    elif args.precision != "float32":  # the float32 default evaluates the model exactly as trained
         from .inference import optimize_for_inference
 
         _note_if_bfloat16_is_slow(args.precision)
         model = optimize_for_inference(model, args.precision)
-    check_tta(checkpoint, args.tta, arrays)
     model = with_test_time_augmentation(model, args.tta)
     result = evaluate(model, EvalLoader(arrays, 500, checkpoint.normalizer), len(checkpoint.classes))
     per_class = result.per_class_accuracy()
@@ -202,12 +206,13 @@ def cmd_eval(args: argparse.Namespace) -> None:
         confusion_matrix(confusion, checkpoint.classes, args.confusion_png)
     if args.json:
         print(json.dumps({"checkpoint": str(checkpoint.path), "data": arrays.name, "precision": args.precision,
-                          "tta": args.tta, "examples": int(result.count),
+                          "calibration": calibration, "tta": args.tta, "examples": int(result.count),
                           "loss": result.loss, "top1_error": result.error, "top5_error": result.top5_error,
                           "per_class_accuracy": dict(zip(checkpoint.classes, per_class)),
                           "confusion": confusion, "classes": checkpoint.classes}, indent=2))
         return
     how = "" if args.tta == "none" else f", test-time augmentation {args.tta}"
+    how += f", calibrated on {calibration}" if calibration else ""
     print(f"{checkpoint.path} on {arrays.name}: {int(result.count):,} images ({args.precision}{how})")
     print(f"top-1 error {100 * result.error:.2f}%  top-5 error {100 * result.top5_error:.2f}%  loss {result.loss:.4f}\n")
     print(format_table(["class", "accuracy %"], [[c, f"{100 * a:.2f}"] for c, a in zip(checkpoint.classes, per_class)]))
@@ -249,7 +254,8 @@ def cmd_predict(args: argparse.Namespace) -> None:
     if not paths:
         raise ReslabError("no images given")
     _note_if_bfloat16_is_slow(args.precision)
-    predictions = predict(checkpoint, paths, top_k=args.top_k, precision=args.precision, tta=args.tta)
+    predictions = predict(checkpoint, paths, top_k=args.top_k, precision=args.precision, tta=args.tta,
+                          calibration=args.calibration, data_root=args.data_root)
     if args.json:
         print(json.dumps([p.to_dict() for p in predictions], indent=2))
         return
@@ -290,15 +296,24 @@ def cmd_export(args: argparse.Namespace) -> None:
 
     from .data.augment import preprocess_eval
     from .errors import ReslabError
-    from .export import export
+    from .export import default_path, export
     from .checkpoint import checkpoint_dataset, load_checkpoint
 
     checkpoint = load_checkpoint(args.checkpoint)
-    out = _output_file(Path(args.out or checkpoint.path.with_suffix(".onnx" if args.format == "onnx" else ".torchscript.pt")),
-                       "--out")
+    out = _output_file(Path(args.out or default_path(checkpoint, args.format)), "--out")
+    if args.format == "torchscript":
+        print("note: TorchScript is deprecated (torch.jit.trace is, in PyTorch); the default, pt2, is its "
+              "successor", file=sys.stderr)
+    calibration = calibration_source = None
+    if args.format == "onnx-int8":
+        from .quantize import calibration_images
+
+        calibration, calibration_source = calibration_images(checkpoint, args.calibration, args.data_root)
     try:
-        arrays = checkpoint_dataset(checkpoint, None, None, "val")
-        images, source = arrays.images[:16], f"16 {arrays.name} images"
+        arrays = checkpoint_dataset(checkpoint, None, args.data_root, "val")
+        if len(arrays) < 2:
+            raise ReslabError(f"{arrays.name} has {len(arrays)} image")
+        images, source = arrays.images[:16], f"{min(16, len(arrays))} {arrays.name} images"
     except ReslabError as exc:
         # The outputs are still compared, on random images, when the training data is not at hand.
         generator = torch.Generator().manual_seed(0)
@@ -306,12 +321,18 @@ def cmd_export(args: argparse.Namespace) -> None:
         images = torch.randint(0, 256, (16, checkpoint.spec.in_channels, size, size), dtype=torch.uint8,
                                generator=generator)
         source = f"16 random images (training data not found: {exc})"
-    result = export(checkpoint, out, args.format, preprocess_eval(images, checkpoint.normalizer))
-    print(f"wrote {result.path} ({args.format})")
+    result = export(checkpoint, out, args.format, preprocess_eval(images, checkpoint.normalizer), calibration,
+                    calibration_source)
+    print(f"wrote {result.path} ({args.format}{', calibrated on ' + result.calibration if result.calibration else ''})")
     if result.max_abs_diff is None:
         print("not checked: install onnxruntime to compare its outputs with PyTorch")
-    else:
-        print(f"max |logits difference| vs PyTorch on {source}: {result.max_abs_diff:.3g} ({result.checked_with})")
+        return
+    sizes = ", ".join(str(c["batch"]) for c in result.checks)
+    print(f"max |logits difference| vs PyTorch on {source}: {result.max_abs_diff:.3g} ({result.checked_with}, "
+          f"batch sizes {sizes})")
+    if args.format == "onnx-int8":
+        largest = result.checks[-1]
+        print(f"same top-1 class as float32 PyTorch for {largest['top1_agree']} of {largest['batch']} images")
 
 
 def _output_file(path: Path, flag: str) -> Path:
@@ -496,11 +517,18 @@ class _Parser(argparse.ArgumentParser):
 
 def _add_inference_flags(p: argparse.ArgumentParser) -> None:
     # Choices repeat inference.PRECISIONS / TTA_MODES so that parsing flags does not import torch.
-    p.add_argument("--precision", choices=["float32", "bfloat16"], default="float32",
+    p.add_argument("--precision", choices=["float32", "bfloat16", "int8"], default="float32",
                    help="bfloat16: BN-folded weights in bf16; faster where the CPU has AVX512_BF16/AMX "
-                        "(see docs/performance.md), outputs rounded to bf16")
+                        "(see docs/performance.md), outputs rounded to bf16. int8: BN-folded, quantized "
+                        "(calibrated on 256 training images) and run by ONNX Runtime (needs reslab[onnx])")
+    _add_calibration_flag(p)
     p.add_argument("--tta", choices=["none", "flip"], default="none",
                    help="flip: average each image's prediction with its mirror image's (twice the compute)")
+
+
+def _add_calibration_flag(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--calibration", metavar="FOLDER",
+                   help="int8: calibrate on (up to 256 of) the images in this folder instead of the training split")
 
 
 def positive_int(text: str) -> int:
@@ -580,6 +608,7 @@ def _add_predict(verbs: argparse._SubParsersAction) -> None:
     p.add_argument("--model", help="a bundled model instead of a checkpoint (see `reslab models`)")
     p.add_argument("--top-k", type=positive_int, default=3)
     _add_inference_flags(p)
+    p.add_argument("--data-root", help="int8: where the training data (for calibration) lives")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_predict)
 
@@ -603,10 +632,18 @@ def _add_explain(verbs: argparse._SubParsersAction) -> None:
 
 
 def _add_export(verbs: argparse._SubParsersAction) -> None:
-    p = verbs.add_parser("export", help="write ONNX or TorchScript and check it against PyTorch")
+    p = verbs.add_parser("export", help="write torch.export (.pt2), ONNX or int8 ONNX, checked against PyTorch",
+                         description="Writes the model, loads it back and compares its outputs with PyTorch's at "
+                                     "batch sizes 1, 7 and 16; every format takes a batch of any size.")
     p.add_argument("checkpoint", help="a .pt checkpoint or a run folder")
-    p.add_argument("--format", choices=["onnx", "torchscript"], default="onnx")
-    p.add_argument("--out", help="output file")
+    # Choices repeat export.FORMATS so that parsing flags does not import torch.
+    p.add_argument("--format", choices=["pt2", "onnx", "onnx-int8", "torchscript"], default="pt2",
+                   help="pt2 (default): torch.export program, torch.export.load(path).module(); onnx: float32; "
+                        "onnx-int8: BN-folded, quantized to int8 (needs reslab[onnx]); torchscript: deprecated, "
+                        "as torch.jit.trace is")
+    p.add_argument("--out", help="output file (default: beside the checkpoint, .pt2 / .onnx / .int8.onnx)")
+    p.add_argument("--data-root", help="where the training data lives (check images; int8 calibration)")
+    _add_calibration_flag(p)
     p.set_defaults(func=cmd_export)
 
 

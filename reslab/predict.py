@@ -66,10 +66,19 @@ def check_tta(checkpoint: Checkpoint, tta: str, data: ImageArrays | None = None)
 
 @torch.inference_mode()
 def predict(checkpoint: Checkpoint, paths: Sequence[str | Path], top_k: int = 3,
-            batch_size: int = 256, precision: str = "float32", tta: str = "none") -> list[Prediction]:
+            batch_size: int = 256, precision: str = "float32", tta: str = "none",
+            calibration: str | Path | None = None, data_root: str | None = None) -> list[Prediction]:
+    """``precision="int8"``: the model quantized (``quantize``) on the images of the ``calibration``
+    folder, or else on its training split (found under ``data_root``)."""
     check_tta(checkpoint, tta)
     files = expand_paths(paths)
-    model = with_test_time_augmentation(optimize_for_inference(checkpoint.build_model(), precision), tta)
+    if precision == "int8":
+        from .quantize import int8_model
+
+        model = int8_model(checkpoint, calibration, data_root)[0]
+    else:
+        model = optimize_for_inference(checkpoint.build_model(), precision)
+    model = with_test_time_augmentation(model, tta)
     k = max(1, min(top_k, len(checkpoint.classes)))
     results = []
     for start in range(0, len(files), batch_size):

@@ -45,7 +45,8 @@ def evaluate(model: nn.Module, batches: Iterable[tuple[torch.Tensor, torch.Tenso
     """Sums over every batch; one host sync at the end, when a value is read."""
     was_training = model.training
     model.eval()
-    device = next(model.parameters()).device
+    # A model run by another engine (ONNX Runtime, for int8) has no parameters and takes CPU tensors.
+    device = next((p.device for p in model.parameters()), torch.device("cpu"))
     loss_sum = torch.zeros((), dtype=torch.float64, device=device)
     correct1 = torch.zeros((), dtype=torch.int64, device=device)
     correct5 = torch.zeros((), dtype=torch.int64, device=device)
