@@ -1,0 +1,133 @@
+"""Testing on several views of each image, as the paper's ImageNet results do (Sec. 3.4, Tables 2-5).
+
+- **10-crop** (Krizhevsky et al. 2012): the image's shorter side resized to ``resize`` (256 for a
+  224 model), its four corner crops and its central crop at the model's input size, and the mirror
+  image of each.
+- **Fully convolutional, multi-scale** (after Simonyan & Zisserman 2015): the whole image, its shorter
+  side resized to each of ``scales`` (the paper: 224, 256, 384, 480, 640); the network's global average
+  pooling makes any size an input. With ``flip``, each scale's mirror image too.
+
+The views' class probabilities (softmax scores) are averaged, as the paper averages scores; what comes
+out is the log of that mean, so top-k and the cross-entropy read it as logits. The images come from the
+files themselves (in worker processes), not from the fixed-size copy the in-memory datasets hold.
+"""
+
+from __future__ import annotations
+
+from typing import Iterator, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from .data.augment import Normalizer
+from .data.crops import resize_shorter
+from .data.files import ImageFiles, as_mode
+from .data.stream import UNREADABLE, FileImages, _Warner, default_workers
+from .errors import ConfigError
+
+
+def ten_crop_boxes(width: int, height: int, size: int) -> list[tuple[int, int]]:
+    """(top, left) of the four corner crops and the central one, in that order."""
+    return [(0, 0), (0, width - size), (height - size, 0), (height - size, width - size),
+            ((height - size) // 2, (width - size) // 2)]
+
+
+class _Views(torch.utils.data.Dataset):
+    """Row -> (a list of uint8 (C, H, W) views, the row, whether it was readable)."""
+
+    def __init__(self, files: ImageFiles, crops: bool, size: int, resize: int, scales: Sequence[int]):
+        self.reader = FileImages(files)
+        self.crops, self.size, self.resize, self.scales = crops, size, resize, tuple(scales)
+
+    def __len__(self) -> int:
+        return len(self.reader.files)
+
+    def __getitem__(self, row: int) -> tuple[list[np.ndarray], int, bool]:
+        try:
+            with self.reader.open(row) as img:
+                img = as_mode(img, self.reader.files.channels)
+                if self.crops:
+                    views = [_chw(resize_shorter(img, self.resize))]
+                else:
+                    views = [_chw(resize_shorter(img, s)) for s in self.scales]
+        except UNREADABLE:
+            return [], row, False
+        if self.crops:
+            whole = views[0]
+            h, w = whole.shape[1:]
+            views = [whole[:, t:t + self.size, x:x + self.size] for t, x in ten_crop_boxes(w, h, self.size)]
+        return [np.ascontiguousarray(v) for v in views], row, True
+
+
+def _chw(img) -> np.ndarray:
+    array = np.asarray(img, dtype=np.uint8)
+    return array[None] if array.ndim == 2 else array.transpose(2, 0, 1)
+
+
+@torch.inference_mode()
+def view_scores(model: nn.Module, files: ImageFiles, normalizer: Normalizer, *, crops: int = 1,
+                scales: Sequence[int] = (), flip: bool = False, resize: int | None = None,
+                batch_size: int = 25, workers: int | None = None) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """(log of the mean class probabilities over each image's views, labels), a batch of images at a time.
+
+    ``crops=10``: the 10-crop test at the model's input size (``files.image_size``) from the image
+    resized to ``resize`` (default: 8/7 of the input size, 256 for 224). ``scales``: the multi-scale
+    test, with ``flip`` the mirror images too."""
+    if crops not in (1, 10):
+        raise ConfigError(f"crops must be 1 or 10, got {crops}")
+    if (crops == 10) == bool(scales):
+        raise ConfigError("choose one test: 10 crops or a list of scales")
+    if crops == 10 and flip:
+        raise ConfigError("the 10-crop test has the mirror images already; drop the flip")
+    size = files.image_size
+    resize = resize or round(size * 8 / 7)
+    if crops == 10 and resize < size:
+        raise ConfigError(f"10 crops of {size} px need images resized to at least {size} px, not {resize}")
+    model.eval()
+    device = next(model.parameters()).device
+    data = _Views(files, crops == 10, size, resize, scales)
+    workers = default_workers() if workers is None else workers
+    loader = torch.utils.data.DataLoader(data, batch_size=batch_size, num_workers=workers, collate_fn=list,
+                                         prefetch_factor=2 if workers else None)
+    warner = _Warner(files)
+    for items in loader:
+        rows = torch.tensor([row for _, row, _ in items])
+        ok = warner.readable(rows, torch.tensor([good for _, _, good in items]))
+        kept = [views for (views, _, _), good in zip(items, ok.tolist()) if good]
+        if not kept:
+            continue
+        if crops == 10:
+            stacked = torch.from_numpy(np.stack([v for views in kept for v in views])).to(device)
+            x = normalizer(stacked).contiguous(memory_format=torch.channels_last)
+            probs = model(torch.cat([x, x.flip(3)])).float().softmax(1)
+            n = len(kept)
+            mean = probs.view(2, n, 5, -1).mean((0, 2))
+        else:
+            mean = torch.stack([_mean_over_scales(model, views, normalizer, flip, device) for views in kept])
+        yield mean.clamp_min(1e-30).log(), files.labels[rows[ok]].to(device)
+
+
+def _mean_over_scales(model: nn.Module, views: list[np.ndarray], normalizer: Normalizer, flip: bool,
+                      device: torch.device) -> torch.Tensor:
+    total = 0.0
+    for view in views:
+        image = torch.from_numpy(view)[None].to(device)
+        x = normalizer.resized_to(*image.shape[2:])(image).contiguous(memory_format=torch.channels_last)
+        x = torch.cat([x, x.flip(3)]) if flip else x
+        total = total + model(x).float().softmax(1).sum(0)
+    return total / (len(views) * (2 if flip else 1))
+
+
+def parse_scales(text: str) -> list[int]:
+    """"224,256,384" -> [224, 256, 384]; one line (ConfigError) for anything else."""
+    try:
+        scales = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        scales = []
+    if not scales or any(s < 1 for s in scales):
+        raise ConfigError(f"scales must be comma-separated sizes in pixels, e.g. 224,256,384,480,640; got {text!r}")
+    return scales
+
+
+PAPER_SCALES = (224, 256, 384, 480, 640)
