@@ -36,7 +36,7 @@ def ten_crop_boxes(width: int, height: int, size: int) -> list[tuple[int, int]]:
 class _Views(torch.utils.data.Dataset):
     """Row -> (a list of uint8 (C, H, W) views, the row, whether it was readable)."""
 
-    def __init__(self, files: ImageFiles, crops: bool, size: int, resize: int, scales: Sequence[int]):
+    def __init__(self, files: ImageFiles, crops: int, size: int, resize: int, scales: Sequence[int]):
         self.reader = FileImages(files)
         self.crops, self.size, self.resize, self.scales = crops, size, resize, tuple(scales)
 
@@ -56,7 +56,8 @@ class _Views(torch.utils.data.Dataset):
         if self.crops:
             whole = views[0]
             h, w = whole.shape[1:]
-            views = [whole[:, t:t + self.size, x:x + self.size] for t, x in ten_crop_boxes(w, h, self.size)]
+            boxes = ten_crop_boxes(w, h, self.size)
+            views = [whole[:, t:t + self.size, x:x + self.size] for t, x in (boxes if self.crops == 10 else boxes[4:])]
         return [np.ascontiguousarray(v) for v in views], row, True
 
 
@@ -67,17 +68,18 @@ def _chw(img) -> np.ndarray:
 
 @torch.inference_mode()
 def view_scores(model: nn.Module, files: ImageFiles, normalizer: Normalizer, *, crops: int = 1,
-                scales: Sequence[int] = (), flip: bool = False, resize: int | None = None,
+                scales: Sequence[int] = (), flip: bool = False, resize: int | None = None, central: bool = False,
                 batch_size: int = 25, workers: int | None = None) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """(log of the mean class probabilities over each image's views, labels), a batch of images at a time.
 
     ``crops=10``: the 10-crop test at the model's input size (``files.image_size``) from the image
     resized to ``resize`` (default: 8/7 of the input size, 256 for 224). ``scales``: the multi-scale
-    test, with ``flip`` the mirror images too."""
+    test. ``central``: the one central crop (as training evaluates). ``flip``: the mirror images too
+    (scales and central)."""
     if crops not in (1, 10):
         raise ConfigError(f"crops must be 1 or 10, got {crops}")
-    if (crops == 10) == bool(scales):
-        raise ConfigError("choose one test: 10 crops or a list of scales")
+    if [crops == 10, bool(scales), central].count(True) != 1:
+        raise ConfigError("choose one test: 10 crops, a list of scales, or the central crop")
     if crops == 10 and flip:
         raise ConfigError("the 10-crop test has the mirror images already; drop the flip")
     size = files.image_size
@@ -86,7 +88,7 @@ def view_scores(model: nn.Module, files: ImageFiles, normalizer: Normalizer, *, 
         raise ConfigError(f"10 crops of {size} px need images resized to at least {size} px, not {resize}")
     model.eval()
     device = next(model.parameters()).device
-    data = _Views(files, crops == 10, size, resize, scales)
+    data = _Views(files, 10 if crops == 10 else (1 if central else 0), size, resize, scales)
     workers = default_workers() if workers is None else workers
     loader = torch.utils.data.DataLoader(data, batch_size=batch_size, num_workers=workers, collate_fn=list,
                                          prefetch_factor=2 if workers else None)
@@ -97,12 +99,12 @@ def view_scores(model: nn.Module, files: ImageFiles, normalizer: Normalizer, *, 
         kept = [views for (views, _, _), good in zip(items, ok.tolist()) if good]
         if not kept:
             continue
-        if crops == 10:
+        if crops == 10 or central:
             stacked = torch.from_numpy(np.stack([v for views in kept for v in views])).to(device)
             x = normalizer(stacked).contiguous(memory_format=torch.channels_last)
-            probs = model(torch.cat([x, x.flip(3)])).float().softmax(1)
-            n = len(kept)
-            mean = probs.view(2, n, 5, -1).mean((0, 2))
+            mirrored = crops == 10 or flip
+            probs = model(torch.cat([x, x.flip(3)]) if mirrored else x).float().softmax(1)
+            mean = probs.view(2 if mirrored else 1, len(kept), len(kept[0]), -1).mean((0, 2))
         else:
             mean = torch.stack([_mean_over_scales(model, views, normalizer, flip, device) for views in kept])
         yield mean.clamp_min(1e-30).log(), files.labels[rows[ok]].to(device)
@@ -119,15 +121,36 @@ def _mean_over_scales(model: nn.Module, views: list[np.ndarray], normalizer: Nor
     return total / (len(views) * (2 if flip else 1))
 
 
-def parse_scales(text: str) -> list[int]:
-    """"224,256,384" -> [224, 256, 384]; one line (ConfigError) for anything else."""
-    try:
-        scales = [int(v) for v in text.split(",") if v.strip()]
-    except ValueError:
-        scales = []
-    if not scales or any(s < 1 for s in scales):
-        raise ConfigError(f"scales must be comma-separated sizes in pixels, e.g. 224,256,384,480,640; got {text!r}")
-    return scales
-
-
 PAPER_SCALES = (224, 256, 384, 480, 640)
+
+
+def reads_files(config: dict) -> bool:
+    """Whether a run with this (saved) config read its images from the files as it trained (stream or
+    cache): then evaluating it reads the files too, never the whole folder into memory."""
+    crop = config.get("crop", "pad")
+    return config.get("data_format", "memory") in ("stream", "cache") or crop != "pad"
+
+
+def eval_resize(config: dict, size: int) -> int:
+    """The shorter side before the central crop, as the run evaluated: ``eval_resize``, else 8/7 of the
+    input size (256 for 224); ``size`` itself for the datasets' own pad-crop."""
+    if config.get("crop", "pad") == "pad":
+        return size
+    return int(config.get("eval_resize") or round(size * 8 / 7))
+
+
+def checkpoint_files(checkpoint, data: str | None, split: str) -> ImageFiles:
+    """The image files of the checkpoint's dataset (or ``data``, an image folder), checked against its classes."""
+    from .data.files import folder_split, is_image_folder
+
+    config = checkpoint.config
+    source = data or config.get("data")
+    if not source or not is_image_folder(str(source)):
+        raise ConfigError(f"evaluating on whole images (10 crops, scales) reads an image folder (root/<class>/<image>); "
+                          f"{source or 'no dataset recorded'} is not one: pass --data FOLDER")
+    files = folder_split(source, split, checkpoint.spec.in_channels, checkpoint.input_size,
+                         config.get("val_fraction", 0.1))
+    if files.classes != checkpoint.classes:
+        raise ConfigError(f"{checkpoint.path}: its {len(checkpoint.classes)} classes are not {files.name}'s "
+                          f"({len(files.classes)}: {files.classes[0]!r}...)")
+    return files
