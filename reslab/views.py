@@ -101,9 +101,11 @@ def view_scores(model: nn.Module, files: ImageFiles, normalizer: Normalizer, *, 
             continue
         if crops == 10 or central:
             stacked = torch.from_numpy(np.stack([v for views in kept for v in views])).to(device)
-            x = normalizer(stacked).contiguous(memory_format=torch.channels_last)
             mirrored = crops == 10 or flip
-            probs = model(torch.cat([x, x.flip(3)]) if mirrored else x).float().softmax(1)
+            # Mirrored before the mean is subtracted, as training mirrors its crops (a per-pixel mean need
+            # not be symmetric).
+            stacked = torch.cat([stacked, stacked.flip(3)]) if mirrored else stacked
+            probs = model(normalizer(stacked).contiguous(memory_format=torch.channels_last)).float().softmax(1)
             mean = probs.view(2 if mirrored else 1, len(kept), len(kept[0]), -1).mean((0, 2))
         else:
             mean = torch.stack([_mean_over_scales(model, views, normalizer, flip, device) for views in kept])
@@ -115,8 +117,8 @@ def _mean_over_scales(model: nn.Module, views: list[np.ndarray], normalizer: Nor
     total = 0.0
     for view in views:
         image = torch.from_numpy(view)[None].to(device)
+        image = torch.cat([image, image.flip(3)]) if flip else image
         x = normalizer.resized_to(*image.shape[2:])(image).contiguous(memory_format=torch.channels_last)
-        x = torch.cat([x, x.flip(3)]) if flip else x
         total = total + model(x).float().softmax(1).sum(0)
     return total / (len(views) * (2 if flip else 1))
 

@@ -38,6 +38,7 @@ class RunData:
     train: ImageArrays | ImageReader
     evaluation: ImageArrays | ImageReader | None
     spec: CropSpec | None  # the training crops (stream and cache)
+    workers: int | None = None  # stream and cache: decoding processes (None: one per core, at most 8)
 
     @property
     def description(self) -> ImageArrays | ImageFiles:
@@ -47,7 +48,7 @@ class RunData:
     def normalizer(self, mode: str) -> Normalizer:
         if isinstance(self.train, ImageArrays):
             return Normalizer.fit(self.train.images, mode)
-        return fit_normalizer(self.train, self.spec, mode)
+        return fit_normalizer(self.train, self.spec, mode, workers=self.workers)
 
     def train_loader(self, config: TrainConfig, normalizer: Normalizer, device, rank: int, world_size: int,
                      teacher_normalizer: Normalizer | None) -> TrainLoader | StreamTrainLoader:
@@ -80,7 +81,7 @@ def load_run_data(config: TrainConfig, options: DataOptions, say: Callable[[str]
     spec = crop_spec(config)
     train = _reader(config, config.train_split, fmt, spec, say)
     evaluation = _reader(config, config.eval_split, fmt, spec, say) if config.eval_split else None
-    return RunData(fmt, train, evaluation, spec)
+    return RunData(fmt, train, evaluation, spec, config.workers)
 
 
 def crop_spec(config: TrainConfig) -> CropSpec:
