@@ -37,6 +37,7 @@ import json
 import math
 import os
 import random
+import statistics
 import subprocess
 import sys
 import tarfile
@@ -49,7 +50,7 @@ import torch
 from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import machine, write_json  # noqa: E402
+from common import machine, write_json
 
 TARBALL = Path("/work/shared/data/cifar10-train-jpeg.tar.gz")
 WORK = Path("/tmp/reslab-stream-bench")
@@ -198,7 +199,7 @@ class PeakMemory:
             self.peak = max(self.peak, sum(pss_bytes(p) for p in pids))
             time.sleep(0.05)
 
-    def __enter__(self) -> "PeakMemory":
+    def __enter__(self) -> PeakMemory:
         self._thread.start()
         return self
 
@@ -269,7 +270,7 @@ def probe(name: str, n: int, batches_count: int, steps: int) -> dict:
 
 def run_probe(name: str, n: int, batches_count: int, steps: int) -> dict:
     command = [sys.executable, __file__, "--probe", name, str(n), "--batches", str(batches_count), "--steps", str(steps)]
-    out = subprocess.run(command, capture_output=True, text=True, env={**os.environ, "PYTHONWARNINGS": "ignore"})
+    out = subprocess.run(command, capture_output=True, text=True, check=False, env={**os.environ, "PYTHONWARNINGS": "ignore"})
     if out.returncode:
         raise SystemExit(f"probe {name} {n} failed:\n{out.stderr[-2000:]}")
     return json.loads(out.stdout.strip().splitlines()[-1])
@@ -278,8 +279,9 @@ def run_probe(name: str, n: int, batches_count: int, steps: int) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", default="2000,8000")
-    parser.add_argument("--batches", type=int, default=20, help="timed batches of 32 per pipeline")
-    parser.add_argument("--steps", type=int, default=6, help="timed ResNet-18 steps per fed pipeline (0: none)")
+    parser.add_argument("--batches", type=int, default=15, help="timed batches of 32 per pipeline and round")
+    parser.add_argument("--repeats", type=int, default=3, help="rounds; the pipelines alternate within each")
+    parser.add_argument("--steps", type=int, default=3, help="timed ResNet-18 steps per fed pipeline (0: none)")
     parser.add_argument("--out", default=str(Path(__file__).parent / "results" / "data_stream.json"))
     parser.add_argument("--probe", nargs=2, metavar=("PIPELINE", "N"), help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -289,22 +291,45 @@ def main() -> None:
     sizes = [int(s) for s in args.sizes.split(",")]
     for n in sizes:
         make_folder(n)
+    pipelines = ["baseline", "stream:random-resized", "cache:random-resized", "stream:scale", "cache:scale"]
+    runs: dict[tuple[str, int], list[dict]] = {}
+    for n in sizes:  # the memory path: how long it takes to load and what it holds
+        runs[("memory", n)] = [run_probe("memory", n, args.batches, 0)]
+        print(json.dumps(runs[("memory", n)][0]), flush=True)
+    for round_ in range(args.repeats):  # alternate, so the machine's drift affects every pipeline alike
+        for n in sizes:
+            for name in pipelines:
+                row = run_probe(name, n, args.batches, 0)
+                runs.setdefault((name, n), []).append(row)
+                print(json.dumps({"round": round_, **row}), flush=True)
+    fed = {}
+    if args.steps:  # ResNet-18 training fed by each pipeline at the largest size, and fed a fixed batch
+        for name in ("baseline", "stream:random-resized", "cache:random-resized"):
+            fed[name] = run_probe(name, sizes[-1], 2, args.steps)["train_images_per_s"]
+            print(name, "fed training:", fed[name], flush=True)
+        torch.set_num_threads(2)
+        fed["fixed batch"] = train_steps(None, args.steps)
     rows = []
-    pipelines = ["baseline", "stream:random-resized", "cache:random-resized", "stream:scale", "cache:scale", "memory"]
-    for n in sizes:
-        for name in pipelines:
-            fed = args.steps if n == sizes[-1] and name in ("baseline", "stream:random-resized", "cache:random-resized") else 0
-            row = run_probe(name, n, args.batches, fed)
-            rows.append(row)
-            print(json.dumps(row), flush=True)
-    torch.set_num_threads(2)
-    fixed = train_steps(None, args.steps)
+    for (name, n), found in runs.items():
+        rates = [r["images_per_s"] for r in found if "images_per_s" in r]
+        row = {"pipeline": name, "images": n, "peak_mb": max(r["peak_mb"] for r in found)}
+        if rates:
+            row.update(images_per_s=statistics.median(rates), images_per_s_runs=rates)
+        for key in ("cache_build_s", "cache_build_peak_mb", "load_s"):
+            if key in found[0]:
+                row[key] = found[0][key]
+        rows.append(row)
     result = {"benchmark": "data_stream", "batch_size": BATCH, "workers": WORKERS, "batches_timed": args.batches,
+              "repeats": args.repeats, "torch_threads": 2,
               "machine": {**machine(), "note": "2-core AMD EPYC (AVX2), shared with other jobs while measured"},
               "folder": "CIFAR-10 training JPEGs enlarged to shorter side 256..480, aspect 3/4..4/3, quality 90",
-              "resnet18_train_images_per_s_fixed_batch": fixed, "rows": rows}
+              "resnet18_train_images_per_s": fed, "rows": rows}
     write_json(result, Path(args.out))
-    print(f"ResNet-18 train step at 224, batch {BATCH}, 2 threads, fixed batch: {fixed:.1f} img/s")
+    print(f"{'pipeline':<24}{'images':>8}{'img/s':>9}{'peak MB':>9}")
+    for row in rows:
+        print(f"{row['pipeline']:<24}{row['images']:>8}{row.get('images_per_s', float('nan')):>9.1f}{row['peak_mb']:>9.0f}")
+    for name, rate in fed.items():
+        print(f"ResNet-18 training at 224, batch {BATCH}, 2 threads, fed by {name}: {rate:.2f} img/s")
 
 
 if __name__ == "__main__":

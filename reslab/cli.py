@@ -218,38 +218,25 @@ def cmd_eval(args: argparse.Namespace) -> None:
 
 def _eval_whole_images(args: argparse.Namespace, checkpoint) -> None:
     """``eval`` on the image files themselves: 10 crops, several scales, or the central crop of a model
-    trained on streamed images. One summary line (and --json)."""
-    from .predict import check_tta
-    from .train.evaluate import tally
-    from .views import checkpoint_files, eval_resize, view_scores
+    trained on streamed images."""
+    from .views import checkpoint_files, evaluate_views
 
     files = checkpoint_files(checkpoint, args.data, args.split)
-    check_tta(checkpoint, "flip" if args.crops == 10 or args.tta == "flip" else "none")
     model = checkpoint.build_model()
     if args.precision != "float32":
         from .inference import optimize_for_inference
 
         _note_if_bfloat16_is_slow(args.precision)
         model = optimize_for_inference(model, args.precision)
-    resize = eval_resize(checkpoint.config, checkpoint.input_size)
-    if args.crops == 1 and not args.scales:  # the central crop, as training evaluated; flip: its mirror too
-        scores = view_scores(model, files, checkpoint.normalizer, scales=(), crops=1, flip=args.tta == "flip",
-                             resize=resize, central=True)
-        how = "central crop" + (" and its mirror image" if args.tta == "flip" else "")
-    else:
-        scores = view_scores(model, files, checkpoint.normalizer, crops=args.crops, scales=args.scales or (),
-                             flip=args.tta == "flip", resize=resize)
-        how = (f"10 crops of {checkpoint.input_size} px from {resize} px" if args.crops == 10 else
-               f"whole image at shorter sides {','.join(map(str, args.scales))}" + (" and mirrored" if args.tta == "flip" else ""))
-    result = tally(scores, len(checkpoint.classes))
+    result, how = evaluate_views(model, checkpoint, files, crops=args.crops, scales=args.scales or (),
+                                 flip=args.tta == "flip")
     if args.json:
         print(json.dumps({"checkpoint": str(checkpoint.path), "data": files.name, "precision": args.precision,
                           "views": how, "examples": int(result.count), "loss": result.loss,
                           "top1_error": result.error, "top5_error": result.top5_error,
                           "per_class_accuracy": dict(zip(checkpoint.classes, result.per_class_accuracy()))}, indent=2))
         return
-    print(f"{checkpoint.path} on {files.name}: {int(result.count):,} images ({args.precision}, {how}; "
-          "class probabilities averaged over the views)")
+    print(f"{checkpoint.path} on {files.name}: {int(result.count):,} images ({args.precision}; {how})")
     print(f"top-1 error {100 * result.error:.2f}%  top-5 error {100 * result.top5_error:.2f}%  loss {result.loss:.4f}")
 
 

@@ -25,6 +25,7 @@ from .data.crops import resize_shorter
 from .data.files import ImageFiles, as_mode
 from .data.stream import UNREADABLE, FileImages, _Warner, default_workers
 from .errors import ConfigError
+from .train.evaluate import EvalResult, tally
 
 
 def ten_crop_boxes(width: int, height: int, size: int) -> list[tuple[int, int]]:
@@ -124,6 +125,26 @@ def _mean_over_scales(model: nn.Module, views: list[np.ndarray], normalizer: Nor
 
 
 PAPER_SCALES = (224, 256, 384, 480, 640)
+
+
+def evaluate_views(model: nn.Module, checkpoint, files: ImageFiles, *, crops: int = 1, scales: Sequence[int] = (),
+                   flip: bool = False) -> tuple[EvalResult, str]:
+    """The checkpoint's errors on ``files`` under one test (10 crops, scales, else the central crop as its
+    run evaluated, with ``flip`` its mirror image too), and the test in words."""
+    from .predict import check_tta
+
+    check_tta(checkpoint, "flip" if crops == 10 or flip else "none")
+    resize = eval_resize(checkpoint.config, checkpoint.input_size)
+    central = crops == 1 and not scales
+    scores = view_scores(model, files, checkpoint.normalizer, crops=crops, scales=scales, flip=flip, resize=resize,
+                         central=central)
+    if central:
+        how = f"central {checkpoint.input_size} px crop of the image resized to {resize} px"
+    elif crops == 10:
+        how = f"10 crops of {checkpoint.input_size} px from {resize} px, probabilities averaged"
+    else:
+        how = f"whole image at shorter sides {','.join(map(str, scales))}, probabilities averaged"
+    return tally(scores, len(checkpoint.classes)), how + (" with the mirror images" if flip else "")
 
 
 def reads_files(config: dict) -> bool:

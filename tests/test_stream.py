@@ -7,11 +7,16 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import cli
 from PIL import Image
 
 from reslab.checkpoint import load_checkpoint
 from reslab.data import Normalizer
-from reslab.data.augment import IMAGENET_EIGENVALUES, IMAGENET_EIGENVECTORS, lighting_shift
+from reslab.data.augment import (
+    IMAGENET_EIGENVALUES,
+    IMAGENET_EIGENVECTORS,
+    lighting_shift,
+)
 from reslab.data.crops import CropSpec, sample_rng
 from reslab.data.files import folder_split
 from reslab.data.stream import FileImages, StreamTrainLoader, _Crops
@@ -23,8 +28,6 @@ from reslab.train.config import resolve
 from reslab.train.loop import fit, resume_run
 from reslab.train.schedules import plateaus, schedule_for
 from reslab.views import view_scores
-
-from conftest import cli
 
 TIMING = {"images_per_s", "epoch_time_s", "wall_time_s"}
 
@@ -96,7 +99,7 @@ def test_each_process_reads_its_own_slice_and_together_they_read_the_single_proc
 
 def test_an_unreadable_image_is_left_out_of_its_batch_and_named(tmp_path):
     files = folder_split(write_folder(tmp_path / "images", broken=True), "trainval", 3, 16, 0.1)
-    broken = [i for i in range(len(files)) if files.path(i).name == "05b.jpg"][0]
+    broken = next(i for i in range(len(files)) if files.path(i).name == "05b.jpg")
     loader = loader_for(files, batch_size=31)  # the whole folder in one batch
     with pytest.warns(UserWarning, match="05b.jpg: unreadable image, skipped"):
         batch = next(loader.epoch(0))

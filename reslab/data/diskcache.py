@@ -96,7 +96,7 @@ class CachedImages:
         array = np.asarray(self._pixels[start:start + h * w * c]).reshape(h, w, c)
         return contextlib.nullcontext(Image.fromarray(array[:, :, 0] if c == 1 else array))
 
-    def subset(self, rows: torch.Tensor, name: str) -> "CachedImages":
+    def subset(self, rows: torch.Tensor, name: str) -> CachedImages:
         index = np.stack([self.offsets, self.heights, self.widths])[:, rows.numpy()]
         return CachedImages(self.folder, self.files.subset(rows, name), index)
 
@@ -111,6 +111,9 @@ def open_cache(files: ImageFiles, side: int, cache_dir: Path, workers: int, stri
     if not (folder / "index.npy").exists():
         _build(files, side, folder, workers, strict, say)
     kept = np.load(folder / "rows.npy")
+    if strict and len(kept) < len(files):  # built by a run that skipped what this one must refuse
+        missing = sorted(set(range(len(files))) - set(kept.tolist()))
+        raise DataError(f"{files.root}: {len(missing)} unreadable image(s), e.g. {files.path(missing[0])} (--strict)")
     readable = files.subset(torch.from_numpy(kept), files.name)
     empty = [name for name, count in zip(files.classes, readable.class_counts()) if count == 0]
     if empty:

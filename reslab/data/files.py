@@ -22,7 +22,13 @@ from PIL import Image
 
 from ..errors import DataError
 from .arrays import AugmentDefaults, stratified_split
-from .folder import _pixel_limit, _report_skipped, _to_8_bits, list_class_folders, open_regular_file
+from .folder import (
+    _pixel_limit,
+    _report_skipped,
+    _to_8_bits,
+    list_class_folders,
+    open_regular_file,
+)
 
 
 @dataclass
@@ -44,7 +50,7 @@ class ImageFiles:
     def path(self, row: int) -> Path:
         return self.root / self.paths[row].decode()
 
-    def subset(self, rows: torch.Tensor, name: str) -> "ImageFiles":
+    def subset(self, rows: torch.Tensor, name: str) -> ImageFiles:
         index = rows.numpy()
         return ImageFiles(self.root, self.paths[index], self.labels[rows], self.classes, name, self.channels,
                           self.image_size, self.augment)

@@ -47,7 +47,7 @@ class FileImages:
     def open(self, row: int) -> contextlib.AbstractContextManager[Image.Image]:
         return open_image(self.files.path(row))
 
-    def subset(self, rows: torch.Tensor, name: str) -> "FileImages":
+    def subset(self, rows: torch.Tensor, name: str) -> FileImages:
         return FileImages(self.files.subset(rows, name))
 
 
@@ -118,13 +118,15 @@ def _read_batches(reader: ImageReader, spec: CropSpec, seed: int, epoch: int, ba
 
 
 class _Warner:
-    """Names each unreadable file once per loader."""
+    """Names each unreadable file once per loader (with ``strict``, stops at the first)."""
 
-    def __init__(self, files: ImageFiles):
-        self.files, self.named = files, set()
+    def __init__(self, files: ImageFiles, strict: bool = False):
+        self.files, self.strict, self.named = files, strict, set()
 
     def readable(self, rows: torch.Tensor, ok: torch.Tensor) -> torch.Tensor:
         for row in rows[~ok].tolist():
+            if self.strict:
+                raise DataError(f"{self.files.path(row)}: unreadable image (--strict)")
             if row not in self.named:
                 self.named.add(row)
                 warnings.warn(f"{self.files.path(row)}: unreadable image, skipped", stacklevel=4)
@@ -137,7 +139,7 @@ class StreamTrainLoader:
 
     def __init__(self, reader: ImageReader, batch_size: int, normalizer: Normalizer, spec: CropSpec, *,
                  seed: int = 0, device: str | torch.device = "cpu", rank: int = 0, world_size: int = 1,
-                 workers: int | None = None, teacher_normalizer: Normalizer | None = None):
+                 workers: int | None = None, teacher_normalizer: Normalizer | None = None, strict: bool = False):
         files = reader.files
         if len(files) < batch_size:
             raise DataError(f"{files.name} has {len(files)} images, fewer than one batch of {batch_size}")
@@ -150,7 +152,7 @@ class StreamTrainLoader:
         self.augment = AugmentDefaults(pad=spec.pad, flip=spec.flip)
         self.seed, self.rank, self.world_size = seed, rank, world_size
         self.workers = default_workers() if workers is None else workers
-        self._warner = _Warner(files)
+        self._warner = _Warner(files, strict)
 
     def __len__(self) -> int:
         return len(self.files) // self.batch_size
@@ -195,7 +197,8 @@ class StreamEvalLoader:
     processes each takes the images ``rank::world_size``. Unreadable images are left out and named."""
 
     def __init__(self, reader: ImageReader, batch_size: int, normalizer: Normalizer | None, spec: CropSpec, *,
-                 device: str | torch.device = "cpu", rank: int = 0, world_size: int = 1, workers: int | None = None):
+                 device: str | torch.device = "cpu", rank: int = 0, world_size: int = 1, workers: int | None = None,
+                 strict: bool = False):
         self.reader, self.spec = reader, CropSpec("center", spec.size, spec.resize)
         self.device = torch.device(device)
         self.rows = torch.arange(rank, len(reader.files), world_size)
@@ -203,7 +206,7 @@ class StreamEvalLoader:
         self.batch_size, self.normalizer = batch_size, normalizer
         self.num_examples = len(reader.files)
         self.workers = default_workers() if workers is None else workers
-        self._warner = _Warner(reader.files)
+        self._warner = _Warner(reader.files, strict)
 
     def __len__(self) -> int:
         return -(-len(self.rows) // self.batch_size)

@@ -16,12 +16,25 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from ..data import DataOptions, EvalLoader, Normalizer, TrainLoader, data_root, load_dataset
+from ..data import (
+    DataOptions,
+    EvalLoader,
+    Normalizer,
+    TrainLoader,
+    data_root,
+    load_dataset,
+)
 from ..data.arrays import AugmentDefaults, ImageArrays, stratified_split
 from ..data.crops import CropSpec
 from ..data.diskcache import estimate_bytes, open_cache
 from ..data.files import ImageFiles, folder_split, is_image_folder
-from ..data.stream import FileImages, ImageReader, StreamEvalLoader, StreamTrainLoader, fit_normalizer
+from ..data.stream import (
+    FileImages,
+    ImageReader,
+    StreamEvalLoader,
+    StreamTrainLoader,
+    fit_normalizer,
+)
 from ..errors import ConfigError
 from .config import TrainConfig
 
@@ -59,7 +72,7 @@ class RunData:
                                teacher_normalizer=teacher_normalizer)
         return StreamTrainLoader(self.train, config.batch_size, normalizer, self.spec, seed=config.seed, device=device,
                                  rank=rank, world_size=world_size, workers=config.workers,
-                                 teacher_normalizer=teacher_normalizer)
+                                 teacher_normalizer=teacher_normalizer, strict=config.strict)
 
     def eval_loader(self, config: TrainConfig, normalizer: Normalizer, device, rank: int,
                     world_size: int) -> EvalLoader | StreamEvalLoader | None:
@@ -69,7 +82,7 @@ class RunData:
             return EvalLoader(self.evaluation, config.eval_batch_size, normalizer, device=device, rank=rank,
                               world_size=world_size)
         return StreamEvalLoader(self.evaluation, config.eval_batch_size, normalizer, self.spec, device=device,
-                                rank=rank, world_size=world_size, workers=config.workers)
+                                rank=rank, world_size=world_size, workers=config.workers, strict=config.strict)
 
 
 def load_run_data(config: TrainConfig, options: DataOptions, say: Callable[[str], None]) -> RunData:
@@ -81,6 +94,11 @@ def load_run_data(config: TrainConfig, options: DataOptions, say: Callable[[str]
     spec = crop_spec(config)
     train = _reader(config, config.train_split, fmt, spec, say)
     evaluation = _reader(config, config.eval_split, fmt, spec, say) if config.eval_split else None
+    source = (f"from the resized copy at shorter side <= {cache_side(config)} px" if fmt == "cache" else
+              "decoded from the files")
+    workers = _workers(config)
+    by = f"by {workers} worker process{'es' if workers > 1 else ''}" if workers else "in the training process"
+    say(f"{config.data}: images read as training goes, {source}, {by}; {spec.kind} crops of {spec.size} px")
     return RunData(fmt, train, evaluation, spec, config.workers)
 
 
