@@ -162,16 +162,19 @@ def memory_load(root: Path, data_root: Path) -> None:
 
 # ---- measuring --------------------------------------------------------------------------------------
 
-def pss_bytes(pid: int) -> int:
-    """The process's proportional set size (shared pages split among their sharers)."""
+def pss_bytes(pid: int, kinds: tuple[str, ...] = ("Pss:",)) -> int:
+    """The process's proportional set size (shared pages split among their sharers); with ``kinds``
+    ("Pss_Anon:", "Pss_Shmem:") only those parts: memory of its own, not file pages it maps (the page
+    cache the kernel may drop, as the disk cache's memory map is)."""
+    total = 0
     try:
         with open(f"/proc/{pid}/smaps_rollup") as f:
             for line in f:
-                if line.startswith("Pss:"):
-                    return int(line.split()[1]) * 1024
+                if line.startswith(kinds):
+                    total += int(line.split()[1]) * 1024
     except OSError:
         pass
-    return 0
+    return total
 
 
 def children(pid: int) -> list[int]:
@@ -186,7 +189,7 @@ class PeakMemory:
     """Peak of the summed PSS of this process and its descendants, sampled every 50 ms."""
 
     def __init__(self):
-        self.peak, self._stop = 0, threading.Event()
+        self.peak, self.peak_own, self._stop = 0, 0, threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
     def _run(self) -> None:
@@ -197,6 +200,7 @@ class PeakMemory:
                 pids.append(pid)
                 todo += children(pid)
             self.peak = max(self.peak, sum(pss_bytes(p) for p in pids))
+            self.peak_own = max(self.peak_own, sum(pss_bytes(p, ("Pss_Anon:", "Pss_Shmem:")) for p in pids))
             time.sleep(0.05)
 
     def __enter__(self) -> PeakMemory:
@@ -265,6 +269,7 @@ def probe(name: str, n: int, batches_count: int, steps: int) -> dict:
             if steps:
                 result["train_images_per_s"] = train_steps(batches, steps)
     result["peak_mb"] = mem.peak / 2**20
+    result["peak_own_mb"] = mem.peak_own / 2**20
     return result
 
 
@@ -312,7 +317,8 @@ def main() -> None:
     rows = []
     for (name, n), found in runs.items():
         rates = [r["images_per_s"] for r in found if "images_per_s" in r]
-        row = {"pipeline": name, "images": n, "peak_mb": max(r["peak_mb"] for r in found)}
+        row = {"pipeline": name, "images": n, "peak_mb": max(r["peak_mb"] for r in found),
+               "peak_own_mb": max(r.get("peak_own_mb", 0) for r in found)}
         if rates:
             row.update(images_per_s=statistics.median(rates), images_per_s_runs=rates)
         for key in ("cache_build_s", "cache_build_peak_mb", "load_s"):
