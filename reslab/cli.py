@@ -182,8 +182,11 @@ def cmd_eval(args: argparse.Namespace) -> None:
     from .tables import format_table
     from .checkpoint import checkpoint_dataset, load_checkpoint
     from .train.evaluate import evaluate
+    from .views import reads_files
 
     checkpoint = load_checkpoint(args.checkpoint)
+    if args.crops != 1 or args.scales or reads_files(checkpoint.config):
+        return _eval_whole_images(args, checkpoint)
     arrays = checkpoint_dataset(checkpoint, args.data, args.data_root, args.split)
     model, calibration = checkpoint.build_model(), None
     check_tta(checkpoint, args.tta, arrays)
@@ -221,6 +224,30 @@ def cmd_eval(args: argparse.Namespace) -> None:
     print(format_table([""] + short, [[short[i]] + row for i, row in enumerate(confusion)]))
     if args.confusion_png:
         print(f"\nwrote {args.confusion_png}")
+
+
+def _eval_whole_images(args: argparse.Namespace, checkpoint) -> None:
+    """``eval`` on the image files themselves: 10 crops, several scales, or the central crop of a model
+    trained on streamed images."""
+    from .views import checkpoint_files, evaluate_views
+
+    files = checkpoint_files(checkpoint, args.data, args.split)
+    model = checkpoint.build_model()
+    if args.precision != "float32":
+        from .inference import optimize_for_inference
+
+        _note_if_bfloat16_is_slow(args.precision)
+        model = optimize_for_inference(model, args.precision)
+    result, how = evaluate_views(model, checkpoint, files, crops=args.crops, scales=args.scales or (),
+                                 flip=args.tta == "flip")
+    if args.json:
+        print(json.dumps({"checkpoint": str(checkpoint.path), "data": files.name, "precision": args.precision,
+                          "views": how, "examples": int(result.count), "loss": result.loss,
+                          "top1_error": result.error, "top5_error": result.top5_error,
+                          "per_class_accuracy": dict(zip(checkpoint.classes, result.per_class_accuracy()))}, indent=2))
+        return
+    print(f"{checkpoint.path} on {files.name}: {int(result.count):,} images ({args.precision}; {how})")
+    print(f"top-1 error {100 * result.error:.2f}%  top-5 error {100 * result.top5_error:.2f}%  loss {result.loss:.4f}")
 
 
 def _note_if_bfloat16_is_slow(precision: str) -> None:
@@ -543,6 +570,17 @@ def positive_int(text: str) -> int:
     return value
 
 
+def _scales(text: str) -> list[int]:
+    """--scales 224,256,384: sizes in pixels, at least 1 each."""
+    try:
+        scales = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        scales = []
+    if not scales or any(s < 1 for s in scales):
+        raise argparse.ArgumentTypeError(f"expected comma-separated sizes in pixels, e.g. 224,256,384,480,640; got {text!r}")
+    return scales
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="reslab", description="Deep residual networks: build, train, study, use.")
     parser.add_argument("--version", action="version", version=f"reslab {__version__}")
@@ -572,9 +610,10 @@ def _add_summary(verbs: argparse._SubParsersAction) -> None:
 
 
 def _add_train(verbs: argparse._SubParsersAction) -> None:
-    p = verbs.add_parser("train", help="train a model (recipes: paper, fast)",
+    p = verbs.add_parser("train", help="train a model (recipes: paper, fast, imagenet-paper, imagenet-fast)",
                          description="Precedence: recipe < --config file < flags < --set KEY=VALUE.")
-    p.add_argument("--recipe", help="paper (Sec. 4.2, 64k iterations) or fast (one-cycle, 40 epochs)")
+    p.add_argument("--recipe", help="paper (Sec. 4.2, 64k iterations), fast (one-cycle, 40 epochs), imagenet-paper "
+                   "(Sec. 3.4: scale augmentation, 60e4 iterations) or imagenet-fast (random-resized crops, cosine)")
     p.add_argument("--config", help="YAML file of settings (any TrainConfig key)")
     for flag, (_key, type_, help_) in TRAIN_FLAGS.items():
         p.add_argument(flag, type=type_, help=help_)
@@ -595,6 +634,12 @@ def _add_eval(verbs: argparse._SubParsersAction) -> None:
     p.add_argument("--data-root", help="where named datasets live")
     p.add_argument("--split", default="val", choices=["train", "val", "trainval", "test"])
     p.add_argument("--confusion-png", metavar="PATH", help="also draw the confusion matrix")
+    p.add_argument("--crops", type=int, choices=[1, 10], default=1,
+                   help="10: the 10-crop test (corners and centre of the image resized to 8/7 of the input "
+                        "size, and their mirror images; paper Table 3), from the image files")
+    p.add_argument("--scales", type=_scales, metavar="S,S,...",
+                   help="the fully-convolutional multi-scale test: the whole image at these shorter sides "
+                        "(paper: 224,256,384,480,640), probabilities averaged; with --tta flip, mirrored too")
     _add_inference_flags(p)
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_eval)

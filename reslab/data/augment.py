@@ -8,6 +8,7 @@ flip horizontally at random. Crop and flip are one gather: each output pixel rea
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Iterable
 
 import torch
 import torch.nn.functional as F
@@ -39,18 +40,28 @@ class Normalizer:
     @classmethod
     def fit(cls, images: torch.Tensor, mode: str = "channel") -> "Normalizer":
         """Statistics of uint8 (N, C, H, W) training images, accumulated in chunks to bound memory."""
+        return cls.fit_chunks((images[start:start + 4096] for start in range(0, len(images), 4096)), mode)
+
+    @classmethod
+    def fit_chunks(cls, chunks: Iterable[torch.Tensor], mode: str = "channel") -> "Normalizer":
+        """``fit`` over uint8 (n, C, H, W) chunks of one image size, one chunk in memory at a time."""
         if mode not in NORMALIZATIONS:
             raise DataError(f"unknown normalisation {mode!r}; choose one of {', '.join(NORMALIZATIONS)}")
-        n, c = images.shape[:2]
-        total = torch.zeros(images.shape[1:], dtype=torch.float64)
-        total_sq = torch.zeros(images.shape[1:], dtype=torch.float64)
-        for start in range(0, n, 4096):
-            chunk = images[start:start + 4096].to(torch.float64).div_(255)
+        total = total_sq = None
+        n = 0
+        for images in chunks:
+            chunk = images.to(torch.float64).div_(255)
+            if total is None:
+                total, total_sq = torch.zeros(chunk.shape[1:], dtype=torch.float64), torch.zeros(chunk.shape[1:], dtype=torch.float64)
             total += chunk.sum(0)
             total_sq += chunk.square().sum(0)
+            n += len(chunk)
+        if total is None or n == 0:
+            raise DataError("no images to compute the normalisation from")
+        c, h, w = total.shape
         if mode == "pixel":
             return cls((total / n).float(), torch.ones(c))
-        count = n * images.shape[2] * images.shape[3]
+        count = n * h * w
         mean = total.sum((1, 2)) / count
         var = total_sq.sum((1, 2)) / count - mean.square()
         return cls(mean.float(), var.clamp_min(1e-12).sqrt().float())
@@ -71,6 +82,14 @@ class Normalizer:
         if self.mean.dim() == 1:
             return self.mean.numel() == channels
         return tuple(self.mean.shape) == (channels, image_size, image_size)
+
+    def resized_to(self, height: int, width: int) -> "Normalizer":
+        """For inputs of another size: a per-pixel mean image resized (bilinear) to ``height`` x ``width``
+        (evaluation at several scales); a per-channel normaliser as it is."""
+        if self.mean.dim() == 1 or tuple(self.mean.shape[1:]) == (height, width):
+            return self
+        mean = F.interpolate(self.mean[None].float(), size=(height, width), mode="bilinear", align_corners=False)
+        return Normalizer(mean[0], self.std)
 
     def to_dict(self) -> dict[str, list]:
         return {"mean": self.mean.tolist(), "std": self.std.tolist()}
@@ -105,16 +124,24 @@ def crop_flip(x: torch.Tensor, pad: int, flip: bool, generator: torch.Generator)
     Padding is with zeros *after* normalisation, i.e. with the mean, as in the paper (mean
     subtracted, then padded). Returns a channels_last tensor (the layout fast CPU convs want).
     """
-    b, _, h, w = x.shape
-    device = x.device
+    b, device = x.shape[0], x.device
     if pad == 0 and not flip:
         return x.contiguous(memory_format=torch.channels_last)
-    padded = F.pad(x, (pad, pad, pad, pad)).permute(0, 2, 3, 1)  # (B, H+2p, W+2p, C) view
     oy = torch.randint(0, 2 * pad + 1, (b, 1, 1), device=device, generator=generator)
     ox = torch.randint(0, 2 * pad + 1, (b, 1, 1), device=device, generator=generator)
+    flips = torch.rand(b, 1, 1, device=device, generator=generator) < 0.5 if flip else None
+    return shift_flip(x, pad, oy, ox, flips)
+
+
+def shift_flip(x: torch.Tensor, pad: int, oy: torch.Tensor, ox: torch.Tensor,
+               flips: torch.Tensor | None) -> torch.Tensor:
+    """``crop_flip`` with the offsets (B, 1, 1) in 0..2*pad and the flips (B, 1, 1 booleans, or None)
+    given: one gather over the zero-padded batch, channels_last out."""
+    b, _, h, w = x.shape
+    device = x.device
+    padded = F.pad(x, (pad, pad, pad, pad)).permute(0, 2, 3, 1)  # (B, H+2p, W+2p, C) view
     cols = torch.arange(w, device=device).view(1, 1, w)
-    if flip:
-        flips = torch.rand(b, 1, 1, device=device, generator=generator) < 0.5
+    if flips is not None:
         cols = torch.where(flips, w - 1 - cols, cols)
     rows = oy + torch.arange(h, device=device).view(1, h, 1)
     batch = torch.arange(b, device=device).view(b, 1, 1)
@@ -129,14 +156,39 @@ def cutout(x: torch.Tensor, size: int, generator: torch.Generator) -> torch.Tens
 
     A multiply by a (B, 1, H, W) mask keeps the batch's memory layout (channels_last)."""
     b, _, h, w = x.shape
+    cy = torch.randint(0, h, (b, 1, 1), device=x.device, generator=generator)
+    cx = torch.randint(0, w, (b, 1, 1), device=x.device, generator=generator)
+    return cutout_at(x, size, cy, cx)
+
+
+def cutout_at(x: torch.Tensor, size: int, cy: torch.Tensor, cx: torch.Tensor) -> torch.Tensor:
+    """``cutout`` with the squares' centres (B, 1, 1 rows and columns) given."""
+    _, _, h, w = x.shape
     device = x.device
-    cy = torch.randint(0, h, (b, 1, 1), device=device, generator=generator)
-    cx = torch.randint(0, w, (b, 1, 1), device=device, generator=generator)
     top, left = cy - size // 2, cx - size // 2
     rows = torch.arange(h, device=device).view(1, h, 1)
     cols = torch.arange(w, device=device).view(1, 1, w)
     inside = (rows >= top) & (rows < top + size) & (cols >= left) & (cols < left + size)
     return x * (~inside).unsqueeze(1).to(x.dtype)
+
+
+# Krizhevsky et al. 2012 (Sec. 4.1), "ImageNet Classification with Deep Convolutional Neural Networks":
+# add to every pixel of an image sum_i alpha_i * lambda_i * p_i, with p_i, lambda_i the eigenvectors and
+# eigenvalues of the 3x3 covariance of ImageNet's RGB pixel values and alpha_i ~ N(0, 0.1) drawn once per
+# image. The numbers are the widely published ones for RGB in [0, 1], as in fb.resnet.torch's ImageNet
+# pipeline (datasets/imagenet.lua), the reference reimplementation of the paper's ImageNet training;
+# columns of IMAGENET_EIGENVECTORS are the eigenvectors, rows the R, G, B channels.
+IMAGENET_EIGENVALUES = (0.2175, 0.0188, 0.0045)
+IMAGENET_EIGENVECTORS = ((-0.5675, 0.7192, 0.4009),
+                         (-0.5808, -0.0045, -0.8140),
+                         (-0.5836, -0.6948, 0.4203))
+
+
+def lighting_shift(alphas: torch.Tensor) -> torch.Tensor:
+    """(B, 3) per-image weights alpha -> (B, 3) RGB offsets (in [0, 1] pixel units) of PCA lighting."""
+    eigenvectors = torch.tensor(IMAGENET_EIGENVECTORS, dtype=torch.float32, device=alphas.device)
+    eigenvalues = torch.tensor(IMAGENET_EIGENVALUES, dtype=torch.float32, device=alphas.device)
+    return (alphas * eigenvalues) @ eigenvectors.T
 
 
 def preprocess_eval(images: torch.Tensor, normalizer: Normalizer) -> torch.Tensor:

@@ -25,7 +25,9 @@ if TYPE_CHECKING:
 
 DEFAULT_MODEL = "resnet20"
 ENSEMBLE_JOIN = "+"  # the command line's way to name several teachers: resnet56+resnet20
-SCHEDULES = ("multistep", "onecycle", "cosine", "constant")
+SCHEDULES = ("multistep", "onecycle", "cosine", "constant", "plateau")
+DATA_FORMATS = ("auto", "memory", "stream", "cache")
+CROPS = ("pad", "scale", "random-resized")
 OPTIMIZERS = ("sgd", "adamw")
 DEVICES = ("auto", "cpu", "cuda", "mps")
 TEACHER_MODES = ("online", "cached")
@@ -58,6 +60,21 @@ class TrainConfig:
     normalize: str = "pixel"
     augment: bool = True  # the dataset's crop/flip (CIFAR: pad 4, random crop, flip)
     cutout: int = 0  # side in pixels of a square zeroed at a random place in each training image; 0: none
+    # ---- image folders larger than memory (reslab/data/stream.py, reslab/train/rundata.py) ----------
+    # memory: decoded once into one uint8 tensor; stream: JPEGs decoded by worker processes as batches are
+    # needed; cache: a one-time resized copy on disk read by random access; auto: memory when the decoded
+    # folder fits in half the available memory and the crop allows it, else cache when it fits in half
+    # the free disk, else stream.
+    data_format: str = "auto"
+    # pad: the dataset's pad-and-crop (CIFAR's, in memory); scale: shorter side resized to a random size
+    # in scale_range, then an image_size crop (paper Sec. 3.4); random-resized: 8%-100% of the area at
+    # aspect 3/4-4/3, resized to image_size. The last two read the images at full size (stream or cache).
+    crop: str = "pad"
+    scale_range: list[int] = field(default_factory=lambda: [256, 480])
+    eval_resize: int | None = None  # evaluation: shorter side before the central crop (None: 8/7 of image_size)
+    lighting: float = 0.0  # std of Krizhevsky et al. 2012's PCA lighting noise (0.1 in their recipe); 0: none
+    workers: int | None = None  # stream/cache: decoding processes (None: one per core, at most 8)
+    cache_size: int | None = None  # cache: shorter side stored (None: the largest the crops read)
     # ---- the recipe (defaults: the paper's, Sec. 4.2; reslab/train/recipes.py holds the others) -----
     recipe: str = "paper"
     optimizer: str = "sgd"
@@ -91,6 +108,10 @@ class TrainConfig:
     # so the paper recipe's [0.5, 0.75] is 32k/48k of 64k and still fits when the run is shortened.
     milestones: list[float] = field(default_factory=lambda: [0.5, 0.75])
     gamma: float = 0.1
+    # plateau: lr *= gamma when the evaluation error has not improved by plateau_threshold (absolute) for
+    # plateau_patience evaluations in a row (paper Sec. 3.4: "divided by 10 when the error plateaus").
+    plateau_patience: int = 5
+    plateau_threshold: float = 0.001
     # Linear ramp from warmup_start_factor * lr (any schedule): steps, or a fraction of the run below 1.
     warmup: float = 0.0
     warmup_start_factor: float = 0.1
@@ -191,7 +212,34 @@ class TrainConfig:
              "milestones must be an increasing list of positive numbers, either all steps (whole numbers) "
              f"or all fractions of the run (below 1), e.g. [0.5, 0.75] or [32000, 48000]; got {self.milestones!r}")
         need(isinstance(self.model_options, dict), "model_options must be a mapping")
+        self._validate_folders(need)
         return self
+
+    def _validate_folders(self, need) -> None:
+        need(self.data_format in DATA_FORMATS,
+             f"data_format must be one of {', '.join(DATA_FORMATS)}, got {self.data_format!r}")
+        need(self.crop in CROPS, f"crop must be one of {', '.join(CROPS)}, got {self.crop!r}")
+        need(self.crop == "pad" or self.image_size is not None,
+             f"crop {self.crop} needs the crops' side: --image-size N (224 for ImageNet networks)")
+        need(self.crop == "pad" or self.data_format != "memory",
+             f"crop {self.crop} reads the images at full size: data_format stream or cache, not memory")
+        sizes = self.scale_range
+        need(isinstance(sizes, (list, tuple)) and len(sizes) == 2 and all(
+             isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in sizes) and sizes[0] <= sizes[1],
+             f"scale_range must be two sizes in pixels, smallest first, e.g. [256, 480]; got {sizes!r}")
+        need(self.crop != "scale" or self.image_size is None or sizes[0] >= self.image_size,
+             f"scale_range {sizes} starts below the {self.image_size} px crop; start it at {self.image_size} or more")
+        need(self.image_size is None or self.image_size >= 1, f"image_size must be 1 or more, got {self.image_size}")
+        need(self.eval_resize is None or self.eval_resize >= (self.image_size or 1),
+             f"eval_resize must be at least image_size ({self.image_size}), got {self.eval_resize}")
+        need(self.lighting >= 0, f"lighting must be >= 0, got {self.lighting}")
+        need(self.lighting == 0 or self.channels == 3, "lighting (PCA colour noise) needs RGB images (channels 3)")
+        need(self.workers is None or self.workers >= 0, f"workers must be 0 or more, got {self.workers}")
+        need(self.cache_size is None or self.cache_size >= 1, f"cache_size must be 1 or more, got {self.cache_size}")
+        need(self.plateau_patience >= 1, f"plateau_patience must be 1 or more, got {self.plateau_patience}")
+        need(self.plateau_threshold >= 0, f"plateau_threshold must be >= 0, got {self.plateau_threshold}")
+        need(self.schedule != "plateau" or self.eval_split is not None,
+             "schedule plateau follows the evaluation error: it needs an evaluation split (--eval-split val)")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Iterable
+from typing import Iterable, Iterator
 
 import torch
 import torch.nn.functional as F
@@ -47,15 +47,31 @@ def evaluate(model: nn.Module, batches: Iterable[tuple[torch.Tensor, torch.Tenso
     model.eval()
     # A model run by another engine (ONNX Runtime, for int8) has no parameters and takes CPU tensors.
     device = next((p.device for p in model.parameters()), torch.device("cpu"))
+
+    def scored() -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        for x, y in batches:
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
+                logits = model(x)
+            yield logits, y
+
+    try:
+        return tally(scored(), num_classes, device)
+    finally:
+        model.train(was_training)
+
+
+@torch.inference_mode()
+def tally(scores: Iterable[tuple[torch.Tensor, torch.Tensor]], num_classes: int,
+          device: torch.device | str = "cpu") -> EvalResult:
+    """The sums of ``evaluate`` over (logits or log-probabilities, labels) pairs, however they were made
+    (reslab/views.py averages several views of each image into one)."""
     loss_sum = torch.zeros((), dtype=torch.float64, device=device)
     correct1 = torch.zeros((), dtype=torch.int64, device=device)
     correct5 = torch.zeros((), dtype=torch.int64, device=device)
     count = torch.zeros((), dtype=torch.int64, device=device)
     confusion = torch.zeros(num_classes, num_classes, dtype=torch.int64, device=device)
     k = min(5, num_classes)
-    for x, y in batches:
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
-            logits = model(x)
+    for logits, y in scores:
         logits = logits.float()
         loss_sum += F.cross_entropy(logits, y, reduction="sum").double()
         top = logits.topk(k, dim=1).indices
@@ -63,5 +79,4 @@ def evaluate(model: nn.Module, batches: Iterable[tuple[torch.Tensor, torch.Tenso
         correct5 += (top == y[:, None]).any(1).sum()
         count += y.numel()
         confusion += torch.bincount(y * num_classes + top[:, 0], minlength=num_classes ** 2).view(num_classes, num_classes)
-    model.train(was_training)
     return EvalResult(loss_sum, correct1, correct5, count, confusion)

@@ -12,13 +12,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 from torch import nn
 
 from ..checkpoint import Checkpoint
 from ..data.arrays import ImageArrays
+from ..data.files import ImageFiles
 from ..data.augment import PUBLISHED_STATISTICS, Normalizer
 from ..errors import ConfigError
 from ..foreign import ForeignWeights, read_weights
@@ -67,12 +68,15 @@ def needs_new_classifier(start: StartingWeights, classes: list[str]) -> bool:
     return start.spec.num_classes != len(classes) or (start.classes is not None and start.classes != classes)
 
 
-def run_normalizer(config: TrainConfig, data: ImageArrays, start: StartingWeights | None) -> Normalizer:
-    """The normalisation ``config.normalize`` names, for ``data``; one line when it cannot apply."""
+def run_normalizer(config: TrainConfig, data: ImageArrays | ImageFiles, start: StartingWeights | None,
+                   measure: Callable[[str], Normalizer]) -> Normalizer:
+    """The normalisation ``config.normalize`` names, for ``data``; one line when it cannot apply.
+    ``measure(mode)`` fits ``pixel`` or ``channel`` statistics on the training images, wherever they live
+    (in memory, or as files: reslab/train/rundata.py)."""
     if config.normalize in PUBLISHED_STATISTICS:
         return Normalizer.published(config.normalize, data.channels)
     if config.normalize != "weights":
-        return Normalizer.fit(data.images, config.normalize)
+        return measure(config.normalize)
     if start is None or start.normalizer is None:
         raise ConfigError(f"{config.init_from}: weights saved by other code do not record how their inputs were "
                           "normalised, and code bases in this layout differ: choose --normalize imagenet, cifar, "

@@ -3,6 +3,10 @@
 ``Schedule(step, warming_up=False)`` gives the rate for optimizer step ``step`` (0-based).
 ``warming_up`` is the paper's ResNet-110 warm-up (Sec. 4.2): while the training error is still
 above the threshold the loop passes True and gets ``warmup_lr``; the loop decides when it ends.
+
+``PlateauSchedule`` (the paper's ImageNet rule, Sec. 3.4: divide by 10 "when the error plateaus") is
+a pure function of the step and of the run's history of evaluation errors, which every checkpoint
+carries: a resumed run is at the rate it left, with no scheduler state to save.
 """
 
 from __future__ import annotations
@@ -10,7 +14,7 @@ from __future__ import annotations
 import bisect
 import math
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Any, Sequence
 
 
 @dataclass(frozen=True)
@@ -44,6 +48,44 @@ class Schedule:
         raise ValueError(f"unknown schedule {self.kind!r}")
 
 
+@dataclass(frozen=True)
+class PlateauSchedule:
+    lr: float
+    history: list[dict[str, Any]]  # the run's metric rows (RunState.history), read as they are appended
+    gamma: float = 0.1
+    patience: int = 5
+    threshold: float = 0.001
+    warmup_steps: int = 0
+    warmup_start_factor: float = 0.1
+    warmup_lr: float = 0.01
+
+    def __call__(self, step: int, warming_up: bool = False) -> float:
+        if warming_up:
+            return self.warmup_lr
+        if self.warmup_steps and step < self.warmup_steps:
+            start = self.lr * self.warmup_start_factor
+            return start + (self.lr - start) * step / self.warmup_steps
+        return self.lr * self.gamma ** plateaus(self.history, self.patience, self.threshold)
+
+
+def plateaus(history: Sequence[dict[str, Any]], patience: int, threshold: float) -> int:
+    """How many times the evaluation error has stalled: ``patience`` evaluations in a row without beating
+    the best so far by ``threshold``. After each stall the count starts again (the best is kept)."""
+    drops, best, waited = 0, None, 0
+    for row in history:
+        error = row.get("eval_error")
+        if error is None:
+            continue
+        if best is None or error < best - threshold:
+            best, waited = error, 0
+            continue
+        best = min(best, error)
+        waited += 1
+        if waited >= patience:
+            drops, waited = drops + 1, 0
+    return drops
+
+
 def milestones_are_fractions(milestones: Sequence[float]) -> bool:
     """Milestones all below 1 are fractions of the run; otherwise they are step numbers."""
     return bool(milestones) and all(m < 1 for m in milestones)
@@ -62,7 +104,11 @@ def warmup_steps(warmup: float, total_steps: int) -> int:
     return round(warmup * total_steps) if warmup < 1 else int(warmup)
 
 
-def schedule_for(config, total_steps: int) -> Schedule:
+def schedule_for(config, total_steps: int, history: list[dict[str, Any]] | None = None) -> Schedule | PlateauSchedule:
     warmup = warmup_steps(config.warmup, total_steps)
+    if config.schedule == "plateau":
+        return PlateauSchedule(config.lr, history if history is not None else [], config.gamma,
+                               config.plateau_patience, config.plateau_threshold, warmup,
+                               config.warmup_start_factor, config.warmup_lr)
     return Schedule(config.schedule, config.lr, total_steps, milestone_steps(config.milestones, total_steps),
                     config.gamma, warmup, config.warmup_start_factor, config.warmup_lr)

@@ -21,8 +21,10 @@ import torch
 from torch import nn
 
 from ..checkpoint import Checkpoint, load_checkpoint
-from ..data import AugmentDefaults, DataOptions, EvalLoader, Normalizer, TrainLoader, load_dataset
+from ..data import DataOptions, EvalLoader, Normalizer, TrainLoader
 from ..data.arrays import ImageArrays
+from ..data.files import ImageFiles
+from ..data.stream import StreamEvalLoader, StreamTrainLoader
 from ..errors import CheckpointError, ConfigError, SpecError
 from ..fileio import atomic_write_text, read_yaml_mapping, sha256
 from ..inference import slow_bfloat16_warning
@@ -40,7 +42,8 @@ from .finetune import (StartingWeights, apply_finetune, needs_new_classifier, pa
 from .history import TensorBoard
 from .objective import CrossEntropy, Objective
 from .run_lock import RunLock
-from .schedules import Schedule, milestone_steps, schedule_for
+from .rundata import load_run_data
+from .schedules import PlateauSchedule, Schedule, milestone_steps, schedule_for
 from .state import RunState
 
 
@@ -60,10 +63,10 @@ class TrainingRun:
     model: nn.Module
     forward: nn.Module
     optimizer: torch.optim.Optimizer
-    schedule: Schedule
+    schedule: Schedule | PlateauSchedule
     total_steps: int
-    loader: TrainLoader
-    eval_loader: EvalLoader | None
+    loader: TrainLoader | StreamTrainLoader
+    eval_loader: EvalLoader | StreamEvalLoader | None
     objective: Objective
     extras: list[EpochExtra]
     state: RunState
@@ -142,12 +145,12 @@ def prepare_run(config: TrainConfig, device: torch.device, ctx: distributed.Dist
 
 def _prepare(config: TrainConfig, device: torch.device, ctx: distributed.DistContext, run_dir: Path,
              resume: bool, console: Console, lock: RunLock) -> TrainingRun:
-    train_data = load_dataset(config.data, config.train_split, data_options(config))
-    eval_data = load_dataset(config.data, config.eval_split, data_options(config)) if config.eval_split else None
+    data = load_run_data(config, data_options(config), console.line)
+    train_data = data.description
     checkpoint = _resumed_checkpoint(run_dir, train_data) if resume else None
     facts = read_run_facts(run_dir) if resume else {}
     start = starting_weights(config) if config.init_from and not checkpoint else None
-    normalizer = checkpoint.normalizer if checkpoint else run_normalizer(config, train_data, start)
+    normalizer = checkpoint.normalizer if checkpoint else run_normalizer(config, train_data, start, data.normalizer)
     torch.manual_seed(config.seed)
     spec, weights = _starting_weights(config, train_data, checkpoint, start, facts)
     model = ResNet(spec)
@@ -168,13 +171,10 @@ def _prepare(config: TrainConfig, device: torch.device, ctx: distributed.DistCon
                                   memory_format, facts.get("teacher"), console.line)
         facts["teacher"] = teacher.files
     online = teacher is not None and config.teacher_mode == "online"
-    loader = TrainLoader(train_data, config.batch_size, normalizer,
-                         augment=None if config.augment else AugmentDefaults(pad=0, flip=False), seed=config.seed,
-                         device=device, rank=ctx.rank, world_size=ctx.world_size, cutout_size=config.cutout,
-                         teacher_normalizer=(teacher.normalizer if online and not teacher.normalizer.same_as(normalizer)
-                                             else None))
-    eval_loader = (EvalLoader(eval_data, config.eval_batch_size, normalizer, device=device, rank=ctx.rank,
-                              world_size=ctx.world_size) if eval_data else None)
+    loader = data.train_loader(config, normalizer, device, ctx.rank, ctx.world_size,
+                               teacher_normalizer=(teacher.normalizer if online and not teacher.normalizer.same_as(normalizer)
+                                                   else None))
+    eval_loader = data.eval_loader(config, normalizer, device, ctx.rank, ctx.world_size)
     objective = _objective(config, teacher, loader, device, console)
     total_steps = config.iterations or math.ceil(config.epochs * len(loader))
     console.total = total_steps
@@ -187,7 +187,7 @@ def _prepare(config: TrainConfig, device: torch.device, ctx: distributed.DistCon
         config=config, run_dir=run_dir, device=device, ctx=ctx, spec=spec, classes=train_data.classes,
         input_size=train_data.image_size, normalizer=normalizer, model=model,
         forward=torch.compile(forward) if config.compile else forward, optimizer=optimizer,
-        schedule=schedule_for(config, total_steps), total_steps=total_steps, loader=loader, eval_loader=eval_loader,
+        schedule=schedule_for(config, total_steps, state.history), total_steps=total_steps, loader=loader, eval_loader=eval_loader,
         objective=objective, extras=_extras(config, model, checkpoint, total_steps / len(loader), console),
         state=state, console=console, tensorboard=TensorBoard(run_dir, enabled=ctx.is_main), lock=lock,
         autocast=(config.amp and device.type == "cuda") or (config.cpu_bf16 and device.type == "cpu"),
@@ -203,7 +203,7 @@ def data_options(config: TrainConfig) -> DataOptions:
                        channels=config.channels, strict=config.strict)
 
 
-def model_spec(config: TrainConfig, data: ImageArrays, start: NetSpec | None = None,
+def model_spec(config: TrainConfig, data: ImageArrays | ImageFiles, start: NetSpec | None = None,
                implied: dict[str, Any] | None = None) -> NetSpec:
     """The network the config names, shaped for ``data``; with no model named, ``start`` (the network of
     the file the run starts from) or DEFAULT_MODEL. ``implied``: options the start file's layout implies
@@ -243,7 +243,7 @@ def _run_folder(config: TrainConfig, resume: bool) -> Path:
     return run_dir
 
 
-def _resumed_checkpoint(run_dir: Path, data: ImageArrays) -> Checkpoint:
+def _resumed_checkpoint(run_dir: Path, data: ImageArrays | ImageFiles) -> Checkpoint:
     checkpoint = load_checkpoint(run_dir / "last.pt")
     trained_on = checkpoint.config.get("data", "another dataset")
     if (checkpoint.classes != data.classes or checkpoint.spec.in_channels != data.channels
@@ -254,7 +254,7 @@ def _resumed_checkpoint(run_dir: Path, data: ImageArrays) -> Checkpoint:
     return checkpoint
 
 
-def _starting_weights(config: TrainConfig, data: ImageArrays, checkpoint: Checkpoint | None,
+def _starting_weights(config: TrainConfig, data: ImageArrays | ImageFiles, checkpoint: Checkpoint | None,
                       start: StartingWeights | None, facts: dict[str, Any]
                       ) -> tuple[NetSpec, dict[str, torch.Tensor] | None]:
     """The network and the weights the run starts from: a resumed run's, ``init_from``'s, or none (a fresh
@@ -302,6 +302,9 @@ def _objective(config: TrainConfig, teacher: Teacher | None, loader: TrainLoader
         return CrossEntropy(config.label_smoothing)
     if config.teacher_mode == "online":
         targets: Callable = OnlineTeacher(teacher)
+    elif not isinstance(loader, TrainLoader):
+        raise ConfigError("teacher_mode cached reads every training image once, from memory: with data_format "
+                          "stream or cache, use teacher_mode online")
     else:
         targets = cache_teacher(teacher, loader.images, loader.labels, loader.augment.flip, device,
                                 config.eval_batch_size, console.line)
@@ -354,7 +357,7 @@ def _write_run_files(run: TrainingRun, facts: dict[str, Any], resume: bool) -> N
     atomic_write_text(json.dumps(facts, indent=2) + "\n", run.run_dir / "run.json")
 
 
-def _announce(run: TrainingRun, data: ImageArrays, teacher: Teacher | None, resumed: bool,
+def _announce(run: TrainingRun, data: ImageArrays | ImageFiles, teacher: Teacher | None, resumed: bool,
               start: dict[str, Any] | None) -> None:
     config, say = run.config, run.console.line
     if start and not resumed and "kind" in start:
