@@ -106,3 +106,19 @@ def _isolated_cache(tmp_path, monkeypatch):
     # Never touch the user's ~/.cache during tests.
     monkeypatch.setenv("RESLAB_DATA", str(tmp_path / "reslab-data"))
     torch.manual_seed(0)
+
+
+def trained_like(name, **kw):
+    """A model whose BN layers hold non-trivial statistics, as after training (eval mode)."""
+    import reslab
+    from torch import nn
+
+    model = reslab.create_model(name, **kw)
+    g = torch.Generator().manual_seed(0)
+    for m in model.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            m.running_mean.copy_(torch.randn(m.num_features, generator=g) * 0.1)
+            m.running_var.copy_(torch.rand(m.num_features, generator=g) + 0.5)
+            m.weight.data.copy_(torch.rand(m.num_features, generator=g) * 0.5 + 0.25)
+            m.bias.data.copy_(torch.randn(m.num_features, generator=g) * 0.1)
+    return model.eval()

@@ -7,18 +7,7 @@ from torch import nn
 import reslab
 from reslab.inference import fold_batchnorm, optimize_for_inference, with_test_time_augmentation
 
-
-def trained_like(name, **kw):
-    """A model whose BN layers hold non-trivial statistics, as after training."""
-    model = reslab.create_model(name, **kw)
-    g = torch.Generator().manual_seed(0)
-    for m in model.modules():
-        if isinstance(m, nn.BatchNorm2d):
-            m.running_mean.copy_(torch.randn(m.num_features, generator=g) * 0.1)
-            m.running_var.copy_(torch.rand(m.num_features, generator=g) + 0.5)
-            m.weight.data.copy_(torch.rand(m.num_features, generator=g) * 0.5 + 0.25)
-            m.bias.data.copy_(torch.randn(m.num_features, generator=g) * 0.1)
-    return model.eval()
+from conftest import trained_like
 
 
 def test_folding_removes_every_bn_and_keeps_outputs():

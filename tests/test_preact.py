@@ -16,24 +16,11 @@ from reslab.inference import fold_batchnorm, optimize_for_inference
 from reslab.models.blocks import PreactBasicBlock, PreactBottleneck
 from reslab.models.shortcuts import ProjectionShortcut, ZeroPadShortcut
 
-from conftest import cli
+from conftest import cli, trained_like
 
 
 def n_params(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
-
-
-def trained_like(name="preact", **kw):
-    """A model whose BN layers hold non-trivial statistics, as after training (eval mode)."""
-    model = reslab.create_model(name, **kw)
-    g = torch.Generator().manual_seed(0)
-    for m in model.modules():
-        if isinstance(m, nn.BatchNorm2d):
-            m.running_mean.copy_(torch.randn(m.num_features, generator=g) * 0.1)
-            m.running_var.copy_(torch.rand(m.num_features, generator=g) + 0.5)
-            m.weight.data.copy_(torch.rand(m.num_features, generator=g) * 0.5 + 0.25)
-            m.bias.data.copy_(torch.randn(m.num_features, generator=g) * 0.1)
-    return model.eval()
 
 
 def tiny_bottleneck(**kw):

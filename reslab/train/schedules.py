@@ -29,11 +29,9 @@ class Schedule:
     warmup_lr: float = 0.01
 
     def __call__(self, step: int, warming_up: bool = False) -> float:
-        if warming_up:
-            return self.warmup_lr
-        if self.warmup_steps and step < self.warmup_steps:
-            start = self.lr * self.warmup_start_factor
-            return start + (self.lr - start) * step / self.warmup_steps
+        early = _warm_up(self, step, warming_up)
+        if early is not None:
+            return early
         if self.kind == "multistep":
             # The paper divides by 10 *at* 32k and 48k: step 32000 already runs at 0.01.
             return self.lr * self.gamma ** bisect.bisect_right(self.milestones, step)
@@ -60,12 +58,21 @@ class PlateauSchedule:
     warmup_lr: float = 0.01
 
     def __call__(self, step: int, warming_up: bool = False) -> float:
-        if warming_up:
-            return self.warmup_lr
-        if self.warmup_steps and step < self.warmup_steps:
-            start = self.lr * self.warmup_start_factor
-            return start + (self.lr - start) * step / self.warmup_steps
+        early = _warm_up(self, step, warming_up)
+        if early is not None:
+            return early
         return self.lr * self.gamma ** plateaus(self.history, self.patience, self.threshold)
+
+
+def _warm_up(schedule: Schedule | PlateauSchedule, step: int, warming_up: bool) -> float | None:
+    """The rate while the run warms up, either way (the paper's constant ``warmup_lr`` until the error
+    drops, or a linear ramp over ``warmup_steps``); None once it has."""
+    if warming_up:
+        return schedule.warmup_lr
+    if schedule.warmup_steps and step < schedule.warmup_steps:
+        start = schedule.lr * schedule.warmup_start_factor
+        return start + (schedule.lr - start) * step / schedule.warmup_steps
+    return None
 
 
 def plateaus(history: Sequence[dict[str, Any]], patience: int, threshold: float) -> int:
