@@ -27,7 +27,7 @@ from .checkpoint import Checkpoint
 from .data.augment import preprocess_eval
 from .errors import ConfigError, DataError
 from .fileio import atomic_write_bytes
-from .predict import expand_paths, load_images
+from .data.images import expand_paths, load_images
 
 
 @dataclass(frozen=True)

@@ -18,7 +18,7 @@ from .checkpoint import Checkpoint
 from .data.augment import preprocess_eval
 from .fileio import atomic_write_with
 from .inference import optimize_for_inference
-from .predict import expand_paths, load_images
+from .data.images import expand_paths, load_images
 
 
 @dataclass

@@ -2,20 +2,18 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
 
-import numpy as np
 import torch
-from PIL import UnidentifiedImageError
 
+from .checkpoint import Checkpoint, mirrored_in_training
 from .data.arrays import ImageArrays
 from .data.augment import preprocess_eval
-from .data.folder import IMAGE_SUFFIXES, decode_image
-from .errors import ConfigError, DataError
+from .data.images import expand_paths, load_images
+from .errors import ConfigError
 from .inference import optimize_for_inference, with_test_time_augmentation
-from .checkpoint import Checkpoint, mirrored_in_training
 
 
 @dataclass(frozen=True)
@@ -25,34 +23,6 @@ class Prediction:
 
     def to_dict(self) -> dict:
         return {"path": self.path, "top": [{"class": c, "probability": p} for c, p in self.top]}
-
-
-def expand_paths(paths: Sequence[str | Path]) -> list[Path]:
-    """Files as given; folders replaced by the image files inside them (sorted, recursive)."""
-    files: list[Path] = []
-    for raw in paths:
-        path = Path(raw)
-        if path.is_dir():
-            found = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
-            if not found:
-                raise DataError(f"{path}: no image files in this folder")
-            files += found
-        elif path.exists():
-            files.append(path)
-        else:
-            raise DataError(f"{path}: no such file")
-    return files
-
-
-def load_images(paths: Sequence[Path], channels: int, size: int) -> torch.Tensor:
-    """uint8 (N, C, size, size): shorter side resized to ``size``, centre crop, as in training."""
-    arrays = []
-    for path in paths:
-        try:
-            arrays.append(decode_image(path, channels, size))
-        except (UnidentifiedImageError, OSError, ValueError):
-            raise DataError(f"{path}: not a readable image") from None
-    return torch.from_numpy(np.stack(arrays))
 
 
 def check_tta(checkpoint: Checkpoint, tta: str, data: ImageArrays | None = None) -> None:

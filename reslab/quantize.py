@@ -31,6 +31,7 @@ from torch import nn
 
 from .checkpoint import Checkpoint, checkpoint_dataset
 from .data.augment import preprocess_eval
+from .data.images import expand_paths, load_images
 from .errors import CheckpointError, DataError, ReslabError
 from .inference import fold_batchnorm
 from .onnxio import INPUT, OnnxRuntimeModel, onnx_bytes, require_onnxruntime
@@ -46,8 +47,6 @@ def calibration_images(checkpoint: Checkpoint, folder: str | Path | None = None,
     when it is on disk."""
     generator = torch.Generator().manual_seed(seed)
     if folder is not None:
-        from .predict import expand_paths, load_images
-
         folder = Path(folder)
         if not folder.is_dir():
             raise DataError(f"--calibration {folder}: not a folder of images")

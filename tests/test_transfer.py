@@ -23,7 +23,7 @@ from torch import nn
 import reslab
 from reslab.checkpoint import load_checkpoint
 from reslab.data.augment import PUBLISHED_STATISTICS, preprocess_eval
-from reslab.predict import expand_paths, load_images
+from reslab.data.images import expand_paths, load_images
 from reslab.train import distributed
 from reslab.train.config import resolve
 from reslab.train.loop import fit, resume_run
