@@ -782,6 +782,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     raw_argv = list(sys.argv[1:] if argv is None else argv)
     args = parser.parse_args(raw_argv)
     args.raw_argv = raw_argv
+    # A warning reaches the user as one line in the command's voice, not with a source line of ours.
+    previous_format = warnings.formatwarning
+    warnings.formatwarning = lambda message, *_, **__: f"reslab {args.verb}: warning: {message}\n"
     try:
         status = args.func(args)
     except ReslabError as exc:
@@ -795,6 +798,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
     except BrokenPipeError:
         return 0
+    finally:
+        warnings.formatwarning = previous_format
     return status or 0
 
 

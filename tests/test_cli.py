@@ -94,3 +94,23 @@ def test_command_line_mistakes_are_one_line_too(capsys):
     assert info.value.code == 2
     assert err.strip() == ("reslab predict: error: argument --top-k: expected a whole number, got 'three' "
                            "(see reslab predict --help)")
+
+
+def test_a_warning_is_one_line_in_the_commands_voice(tmp_path):
+    """Skipped files are worth a warning, but the user should see one line from reslab, not Python's
+    "file.py:52: UserWarning:" followed by one of our source lines."""
+    from PIL import Image
+
+    for name in ("a", "b"):
+        (tmp_path / "photos" / name).mkdir(parents=True)
+        for i in range(4):
+            Image.new("RGB", (12, 12), (40 * i, 100, 30)).save(tmp_path / "photos" / name / f"{i}.png")
+    (tmp_path / "photos" / "a" / "broken.jpg").write_bytes(b"not a jpeg")
+    result = subprocess.run([sys.executable, "-m", "reslab", "train", "--model", "resnet", "--set",
+                             "model_options.depth=8", "--data", str(tmp_path / "photos"), "--iterations", "1",
+                             "--batch-size", "4", "--eval-split", "none", "--out", str(tmp_path / "run"),
+                             "--quiet"], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    warning_lines = [line for line in result.stderr.splitlines() if "broken.jpg" in line]
+    assert warning_lines and all(line.startswith("reslab train: warning: ") for line in warning_lines)
+    assert "UserWarning" not in result.stderr and ".py:" not in result.stderr
