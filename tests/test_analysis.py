@@ -54,6 +54,17 @@ def test_deepened_resnet_is_exact_in_eval_and_train_mode(shortcut):
     assert len(only3.model.stages[2].blocks) == 5 and len(only3.model.stages[0].blocks) == 3
 
 
+def test_a_bottleneck_resnet_is_deepened_with_bottlenecks():
+    model = trained_resnet("resnet", depth=11, block="bottleneck")
+    result = deepen(model, add=3)
+    added = [b for stage in result.model.stages for b in list(stage.blocks)[1:]]
+    assert len(added) == 3 and all(hasattr(b, "conv3") for b in added)  # bottlenecks, not basic blocks
+    assert result.spec.depth == 20 and result.spec.name == "resnet20-from-resnet11-bottleneck"
+    batches = [(torch.randn(8, 3, 16, 16), None) for _ in range(2)]
+    assert max_output_difference(model, result.model, batches, train_mode=False) <= 1e-6
+    assert max_output_difference(model, result.model, batches, train_mode=True) <= 1e-6
+
+
 def test_deepened_plain_passes_signal_in_eval_mode_only():
     model = trained_resnet("plain20")
     result = deepen(model, add=3)

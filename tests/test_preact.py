@@ -269,8 +269,10 @@ def test_responses_of_a_preact_net_are_defined_and_measured():
 def test_deepened_preact_is_exact_in_eval_and_train_mode(kw, stages):
     model = trained_like("preact", **kw)
     result = deepen(model, add=3, stages=stages)
-    assert result.spec.preact and result.spec.depth == model.spec.depth + 6
-    assert result.spec.name == f"preact{model.spec.depth + 6}-from-{model.spec.name}"
+    layers_per_block = 3 if kw.get("block") == "bottleneck" else 2  # more of the net's own blocks
+    deeper = model.spec.depth + 3 * layers_per_block
+    assert result.spec.preact and result.spec.depth == deeper
+    assert result.spec.name == f"preact{deeper}-from-{model.spec.name}"
     batches = [(torch.randn(8, 3, 16, 16), None) for _ in range(2)]
     assert max_output_difference(model, result.model, batches, train_mode=False) == 0
     assert max_output_difference(model, result.model, batches, train_mode=True) == 0

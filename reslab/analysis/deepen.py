@@ -36,7 +36,12 @@ class DeepenResult:
 
 
 def deepened_spec(spec: NetSpec, add: int, stages: list[int] | None = None) -> tuple[NetSpec, dict[int, int]]:
-    """``spec`` with ``add`` basic blocks appended, round-robin over ``stages`` (0-based; default all)."""
+    """``spec`` with ``add`` blocks appended, round-robin over ``stages`` (0-based; default all).
+
+    A residual net gets more of the stage's own blocks (bottlenecks in a ResNet-50), since zeroing
+    the branch's end makes any block the identity. A plain net gets basic blocks whatever its own
+    are: the identity must pass through every layer, and a bottleneck's first 1x1 conv narrows the
+    signal to a quarter of its width, which no choice of weights undoes."""
     if add < 1:
         raise SpecError(f"--add must be at least 1, got {add}")
     candidates = [i for i, s in enumerate(spec.stages) if s.blocks]
@@ -53,12 +58,13 @@ def deepened_spec(spec: NetSpec, add: int, stages: list[int] | None = None) -> t
         if extra:
             last = stage.blocks[-1]
             width = last.out_channels
-            blocks = stage.blocks + tuple(BlockSpec("basic", width, width, 1, last.kernel) for _ in range(extra))
+            kind = last.kind if spec.residual else "basic"
+            blocks = stage.blocks + tuple(BlockSpec(kind, width, width, 1, last.kernel) for _ in range(extra))
             stage = StageSpec(blocks, stage.pool)
         new_stages.append(stage)
-    depth = spec.depth + 2 * add
+    deeper = replace(spec, stages=tuple(new_stages))
     prefix = family_prefix(spec.residual, spec.preact)
-    return replace(spec, stages=tuple(new_stages), name=f"{prefix}{depth}-from-{spec.name}"), counts
+    return replace(deeper, name=f"{prefix}{deeper.depth}-from-{spec.name}"), counts
 
 
 @torch.no_grad()
