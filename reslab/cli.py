@@ -184,6 +184,7 @@ def cmd_eval(args: argparse.Namespace) -> None:
     from .train.evaluate import evaluate
     from .views import reads_files
 
+    _refuse_unused_calibration(args, args.precision == "int8", "--precision int8")
     checkpoint = load_checkpoint(args.checkpoint)
     if args.crops != 1 or args.scales or reads_files(checkpoint.config):
         return _eval_whole_images(args, checkpoint)
@@ -277,6 +278,7 @@ def _checkpoint_and_images(paths: Sequence[str], model: str | None):
 def cmd_predict(args: argparse.Namespace) -> None:
     from .predict import predict
 
+    _refuse_unused_calibration(args, args.precision == "int8", "--precision int8")
     checkpoint, paths = _checkpoint_and_images(args.paths, args.model)
     if not paths:
         raise ReslabError("no images given")
@@ -326,6 +328,7 @@ def cmd_export(args: argparse.Namespace) -> None:
     from .export import default_path, export
     from .checkpoint import checkpoint_dataset, load_checkpoint
 
+    _refuse_unused_calibration(args, args.format == "onnx-int8", "--format onnx-int8")
     checkpoint = load_checkpoint(args.checkpoint)
     out = _output_file(Path(args.out or default_path(checkpoint, args.format)), "--out")
     if args.format == "torchscript":
@@ -556,6 +559,12 @@ def _add_inference_flags(p: argparse.ArgumentParser) -> None:
 def _add_calibration_flag(p: argparse.ArgumentParser) -> None:
     p.add_argument("--calibration", metavar="FOLDER",
                    help="int8: calibrate on (up to 256 of) the images in this folder instead of the training split")
+
+
+def _refuse_unused_calibration(args: argparse.Namespace, int8: bool, needs: str) -> None:
+    """A --calibration folder that nothing would read is a mistake the user should hear about."""
+    if args.calibration and not int8:
+        raise ReslabError(f"--calibration is read only by int8; add {needs}")
 
 
 def positive_int(text: str) -> int:

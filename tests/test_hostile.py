@@ -213,6 +213,13 @@ CASES = [
          "is a file, so nothing can be written"),
     Case("explain-out-not-an-image-name", _explain(lambda w: w.png("ok.png"), "--out", "cam.txt"),
          "not an image file name"),
+    Case("predict-calibration-without-int8", _predict(lambda w: w.png("ok.png"), "--calibration", "imgs"),
+         "--calibration is read only by int8; add --precision int8"),
+    Case("eval-calibration-without-int8", lambda w: ["eval", str(w.checkpoint()), "--calibration", str(w.folder())],
+         "--calibration is read only by int8; add --precision int8"),
+    Case("export-calibration-without-int8", lambda w: ["export", str(w.checkpoint()), "--format", "onnx",
+                                                       "--calibration", str(w.folder())],
+         "--calibration is read only by int8; add --format onnx-int8"),
     # ---- checkpoints
     Case("checkpoint-missing", lambda w: ["predict", str(w.path("gone.pt")), str(w.png("ok.png"))],
          "gone.pt: no such checkpoint"),
