@@ -1,6 +1,7 @@
 """Image folders read as training goes: exact resume, DDP slices, unreadable files, the ImageNet recipes'
 crops, 10-crop and multi-scale testing against a hand computation, and bad settings."""
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -73,6 +74,21 @@ def test_a_streamed_run_stopped_mid_epoch_resumes_to_the_uninterrupted_result(tm
     b = load_checkpoint(tmp_path / "split" / "last.pt")
     assert all(torch.equal(a.model_state[k], b.model_state[k]) for k in a.model_state)
     assert a.input_size == 16 and a.normalizer.mean.shape == (3, 16, 16)  # the paper's per-pixel mean
+
+
+def test_an_auto_run_resumes_in_the_format_it_started_with(tmp_path, monkeypatch):
+    """The cache and the files give different pixels: a run that started on the cache must not resume
+    on the files because the disk has filled up since (auto would now choose them)."""
+    data = write_folder(tmp_path / "images")
+    settings = {"epochs": 2, "data_format": "auto", "data_root": str(tmp_path / "cache")}
+    whole = fit(tiny_config(data, tmp_path / "whole", **settings), quiet=True)
+    fit(tiny_config(data, tmp_path / "split", **settings), quiet=True, should_stop=lambda step: step == 4)
+    assert json.loads((tmp_path / "split" / "run.json").read_text())["data_format"] == "cache"
+    monkeypatch.setattr(rundata, "_free_disk", lambda folder: 10)
+    assert rundata.choose_format(tiny_config(data, tmp_path / "x", **settings), lambda line: None) == "stream"
+    resumed = resume_run(tmp_path / "split", quiet=True)
+    assert strip_timing(resumed.history) == strip_timing(whole.history)
+    assert json.loads((tmp_path / "split" / "run.json").read_text())["data_format"] == "cache"
 
 
 def loader_for(files, rank=0, world_size=1, workers=0, batch_size=8):

@@ -12,7 +12,7 @@ import json
 import math
 import os
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from pathlib import Path
 from typing import Any, Callable
@@ -145,10 +145,11 @@ def prepare_run(config: TrainConfig, device: torch.device, ctx: distributed.Dist
 
 def _prepare(config: TrainConfig, device: torch.device, ctx: distributed.DistContext, run_dir: Path,
              resume: bool, console: Console, lock: RunLock) -> TrainingRun:
-    data = load_run_data(config, data_options(config), console.line)
+    facts = read_run_facts(run_dir) if resume else {}
+    data = load_run_data(_with_recorded_format(config, facts), data_options(config), console.line)
+    facts["data_format"] = data.format
     train_data = data.description
     checkpoint = _resumed_checkpoint(run_dir, train_data) if resume else None
-    facts = read_run_facts(run_dir) if resume else {}
     start = starting_weights(config) if config.init_from and not checkpoint else None
     normalizer = checkpoint.normalizer if checkpoint else run_normalizer(config, train_data, start, data.normalizer)
     torch.manual_seed(config.seed)
@@ -342,6 +343,15 @@ def read_run_facts(run_dir: Path) -> dict[str, Any]:
     if "init_from" not in facts and old.get("init_from_sha256") and old.get("init_from"):
         facts["init_from"] = {"file": old["init_from"], "sha256": old["init_from_sha256"]}
     return facts
+
+
+def _with_recorded_format(config: TrainConfig, facts: dict[str, Any]) -> TrainConfig:
+    """A resumed ``data_format: auto`` run reads its data the way it started: the cache and the files
+    give different pixels, and the free disk or memory that chose between them may have changed."""
+    recorded = facts.get("data_format")
+    if config.data_format != "auto" or recorded is None:
+        return config
+    return replace(config, data_format=recorded)
 
 
 def _write_run_files(run: TrainingRun, facts: dict[str, Any], resume: bool) -> None:
