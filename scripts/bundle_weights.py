@@ -185,6 +185,12 @@ def recipe_extras(run_dir: Path, c: dict) -> str:
     ])
 
 
+def trained_in_bf16(run_dir: Path, config: dict) -> bool:
+    """What the run trained in: run.json records what ``cpu_bf16: auto`` chose; older runs said true or false."""
+    facts = json.loads((run_dir / "run.json").read_text()) if (run_dir / "run.json").exists() else {}
+    return bool(facts.get("cpu_bf16", config.get("cpu_bf16") is True))
+
+
 def card_text(args: argparse.Namespace, chosen: Checkpoint, summary: dict, run_history: list[dict], best_row: dict,
               filename: str, digest: str, plain, flipped) -> str:
     c, data = chosen.config, Path(chosen.config["data"]).name
@@ -192,13 +198,14 @@ def card_text(args: argparse.Namespace, chosen: Checkpoint, summary: dict, run_h
                 if flipped is not None else "; trained without mirror images, so no flip test-time augmentation")
     which, extras = which_weights(args, c, run_history, best_row), recipe_extras(args.run_dir, c)
     curve = curve_table(run_history)
+    bf16 = trained_in_bf16(args.run_dir, c)
     return f"""# {args.name} on {data} (bundled with reslab)
 
 - **Architecture**: {chosen.spec.name}, {sum(v.numel() for k, v in chosen.model_state.items() if 'running' not in k and 'num_batches' not in k):,} parameters, shortcut option {chosen.spec.shortcut}
 - **Data**: {args.data_note}
 - **Split**: trained on `{c['train_split']}`, selected and measured on `{c['eval_split']}` (val_fraction {c['val_fraction']}: per class, the last {100 * c['val_fraction']:g}% in file order)
-- **Validation accuracy**: {100 * (1 - plain.error):.2f}% (top-5 {100 * (1 - plain.top5_error):.2f}%) on the {int(plain.count):,} `{c['eval_split']}` images, float32, this file{tta_note}. {which}{', measured under bf16 autocast' if c.get('cpu_bf16') else ''})
-- **Recipe**: `{c['recipe']}`: {c['optimizer']} lr {c['lr']} ({c['schedule']}, warm-up {c.get('warmup', c.get('warmup_fraction'))}), momentum {c['momentum']}, nesterov {c['nesterov']}, weight decay {c['weight_decay']} (BN/bias exempt: {c['no_decay_bn_bias']}), label smoothing {c['label_smoothing']}, batch {c['batch_size']}, {f"{c['iterations']:,} iterations" if c.get('iterations') else f"{c['epochs']:g} epochs"}; {'bfloat16 autocast (`cpu_bf16`)' if c.get('cpu_bf16') else 'float32'} training{extras}
+- **Validation accuracy**: {100 * (1 - plain.error):.2f}% (top-5 {100 * (1 - plain.top5_error):.2f}%) on the {int(plain.count):,} `{c['eval_split']}` images, float32, this file{tta_note}. {which}{', measured under bf16 autocast' if bf16 else ''})
+- **Recipe**: `{c['recipe']}`: {c['optimizer']} lr {c['lr']} ({c['schedule']}, warm-up {c.get('warmup', c.get('warmup_fraction'))}), momentum {c['momentum']}, nesterov {c['nesterov']}, weight decay {c['weight_decay']} (BN/bias exempt: {c['no_decay_bn_bias']}), label smoothing {c['label_smoothing']}, batch {c['batch_size']}, {f"{c['iterations']:,} iterations" if c.get('iterations') else f"{c['epochs']:g} epochs"}; {'bfloat16 autocast (`cpu_bf16`)' if bf16 else 'float32'} training{extras}
 - **Command**: `{args.command}`
 - **Seed**: {c['seed']}
 - **Wall time**: {summary['wall_time_s'] / 60:.1f} minutes on {args.machine}

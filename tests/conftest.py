@@ -108,6 +108,16 @@ def _isolated_cache(tmp_path, monkeypatch):
     torch.manual_seed(0)
 
 
+@pytest.fixture(autouse=True)
+def _float32_training(request, monkeypatch):
+    """Training's ``cpu_bf16: auto`` trains in bf16 where the CPU has it natively. The suite runs on CPUs
+    of both kinds and its numeric checks assume float32, so in-process training here answers "no" to
+    that question, except in tests marked ``cpu_arithmetic`` (the ones about the choice itself patch
+    it, or ask this CPU)."""
+    if request.node.get_closest_marker("cpu_arithmetic") is None:
+        monkeypatch.setattr("reslab.train.setup.bfloat16_is_fast", lambda device="cpu": False)
+
+
 def trained_like(name, **kw):
     """A model whose BN layers hold non-trivial statistics, as after training (eval mode)."""
     import reslab

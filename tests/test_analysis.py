@@ -154,6 +154,9 @@ def test_a_report_is_rebuilt_from_committed_metrics_alone(tmp_path):
     assert json.loads((committed / "table6.json").read_text())["rows"] == first["rows"]
     with pytest.raises(ConfigError, match=r"resnet8-seed0 was trained with other settings \(iterations 32 then, 64 "):
         table6(ExperimentSettings(out=committed, **{**TINY, "budget": 0.001}), [8], seeds=2)
+    # The arithmetic is how a member ran, as the device is: a CPU with native bf16 may finish the experiment.
+    bf16 = ExperimentSettings(out=committed, **{**TINY, "extra": {**TINY["extra"], "cpu_bf16": True}})
+    assert "(n=2)" in table6(bf16, [8], seeds=2).read_text()
     # Experiments pointed at one folder share members: table6's ResNet-8 seed 0 is the shortcuts' option A.
     before = (out / "members" / "resnet8-seed0" / "metrics.jsonl").stat().st_mtime_ns
     text = shortcuts(ExperimentSettings(out=out, **TINY), depth=8).read_text()

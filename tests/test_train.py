@@ -114,7 +114,7 @@ def test_paper_recipe_is_sec_4_2():
         with pytest.raises(ConfigError, match="either all steps .* or all fractions"):
             resolve("paper", overrides=parse_overrides([f"milestones={bad}"]))
     assert resolve("paper", overrides=parse_overrides(["milestones=[0.25,0.5]"])).milestones == [0.25, 0.5]
-    with pytest.raises(ConfigError, match="cpu_bf16 must be true or false, got 'maybe'"):
+    with pytest.raises(ConfigError, match="cpu_bf16 must be auto, true or false, got 'maybe'"):
         resolve("fast", overrides=parse_overrides(["cpu_bf16=maybe"]))
     assert resolve("fast", overrides=parse_overrides(["augment=false"])).augment is False
     # Old configs with steps keep their meaning; fractions of a tiny run stay inside it.
@@ -285,11 +285,46 @@ def test_a_new_run_never_overwrites_an_existing_one(tmp_path):
 
 
 def test_cpu_bf16_autocast_trains_and_differs_from_float32(tmp_path):
-    full = fit(tiny_config(tmp_path / "fp32", epochs=2), quiet=True)
+    full = fit(tiny_config(tmp_path / "fp32", epochs=2, cpu_bf16=False), quiet=True)
     half = fit(tiny_config(tmp_path / "bf16", epochs=2, cpu_bf16=True), quiet=True)
     assert half.status == "finished" and half.history[-1]["eval_error"] < 0.6  # it learns (10 classes)
     assert half.history[0]["train_loss"] != full.history[0]["train_loss"]  # autocast really ran
     assert load_checkpoint(tmp_path / "bf16" / "last.pt").config["cpu_bf16"] is True
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_cpu_bf16_auto_trains_in_bf16_only_where_the_cpu_has_it(native, tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr("reslab.train.setup.bfloat16_is_fast", lambda device: native)
+    config = resolve("fast", overrides=parse_overrides(["cpu_bf16=auto"]))
+    assert config.cpu_bf16 == "auto" and resolve("fast").cpu_bf16 == "auto"  # the default
+    assert resolve("fast", overrides=parse_overrides(["cpu_bf16=false"])).cpu_bf16 is False
+    auto = fit(tiny_config(tmp_path / "auto", epochs=1), quiet=False)
+    said = "training under bf16 autocast" in capsys.readouterr().err
+    forced = fit(tiny_config(tmp_path / "forced", epochs=1, cpu_bf16=native), quiet=True)
+    assert said is native
+    assert json.loads((tmp_path / "auto" / "run.json").read_text())["cpu_bf16"] is native
+    assert "cpu_bf16: auto" in (tmp_path / "auto" / "config.yaml").read_text()  # what was asked, not what it chose
+    assert strip_timing(auto.history) == strip_timing(forced.history)  # auto is exactly the arithmetic it chose
+
+
+def test_an_auto_bf16_run_resumes_in_the_arithmetic_it_started_with(tmp_path, monkeypatch):
+    """Stopped on a CPU with native bf16 and resumed on one without, the run is still the bf16 run."""
+    monkeypatch.setattr("reslab.train.setup.bfloat16_is_fast", lambda device: True)
+    whole = fit(tiny_config(tmp_path / "whole", epochs=2), quiet=True)
+    fit(tiny_config(tmp_path / "split", epochs=2), quiet=True, should_stop=lambda step: step == 30)
+    monkeypatch.setattr("reslab.train.setup.bfloat16_is_fast", lambda device: False)
+    resumed = resume_run(tmp_path / "split", quiet=True)
+    assert json.loads((tmp_path / "split" / "run.json").read_text())["cpu_bf16"] is True
+    assert strip_timing(resumed.history) == strip_timing(whole.history)
+
+
+@pytest.mark.cpu_arithmetic
+def test_cpu_bf16_auto_asks_the_cpu_itself(tmp_path):
+    """Unpatched: what auto chose is what this CPU has (the other tests patch the question)."""
+    from reslab.inference import bfloat16_is_fast
+
+    fit(tiny_config(tmp_path / "run", iterations=2), quiet=True)
+    assert json.loads((tmp_path / "run" / "run.json").read_text())["cpu_bf16"] is bfloat16_is_fast("cpu")
 
 
 @pytest.mark.parametrize("native", [True, False])
@@ -325,7 +360,9 @@ def test_bundle_script_writes_weights_index_and_a_card_measured_on_the_file(trai
     evaluated = json.loads(run_cli("eval", str(weights / index["file"]), "--json").stdout)
     assert index["val_accuracy"] == round(1 - evaluated["top1_error"], 4)
     card = (weights / index["card"]).read_text()
-    assert f"{100 * index['val_accuracy']:.2f}% (top-5" in card and "4 epochs; float32 training" in card
+    # The fixture's run chose its arithmetic by this CPU (cpu_bf16 auto); the card says what it chose.
+    arithmetic = "bfloat16 autocast" if json.loads((trained / "run.json").read_text())["cpu_bf16"] else "float32"
+    assert f"{100 * index['val_accuracy']:.2f}% (top-5" in card and f"4 epochs; {arithmetic}" in card
     assert "val_accuracy_flip_tta" not in index and "trained without mirror images" in card  # digits: no flips
     assert load_checkpoint(weights / index["file"]).optimizer_state is None
     missing = run_bundle_script(tmp_path / "nothing", "resnet20", weights)
@@ -509,7 +546,7 @@ def test_a_checkpoints_progress_is_a_typed_record():
 
 
 KILLABLE = ["--model", "resnet", "--set", "model_options.depth=8", "--data", "digits", "--recipe", "fast",
-            "--epochs", "3", "--batch-size", "64", "--set", "threads=1", "--quiet"]
+            "--epochs", "3", "--batch-size", "64", "--set", "threads=1", "--set", "cpu_bf16=false", "--quiet"]
 
 
 @pytest.fixture(scope="module")

@@ -27,7 +27,7 @@ from ..data.files import ImageFiles
 from ..data.stream import StreamEvalLoader, StreamTrainLoader
 from ..errors import CheckpointError, ConfigError, SpecError
 from ..fileio import atomic_write_text, read_yaml_mapping, sha256
-from ..inference import slow_bfloat16_warning
+from ..inference import bfloat16_is_fast, slow_bfloat16_warning
 from ..models.registry import resolve_spec
 from ..models.resnet import NetSpec, ResNet
 from . import distributed
@@ -191,7 +191,7 @@ def _prepare(config: TrainConfig, device: torch.device, ctx: distributed.DistCon
         schedule=schedule_for(config, total_steps, state.history), total_steps=total_steps, loader=loader, eval_loader=eval_loader,
         objective=objective, extras=_extras(config, model, checkpoint, total_steps / len(loader), console),
         state=state, console=console, tensorboard=TensorBoard(run_dir, enabled=ctx.is_main), lock=lock,
-        autocast=(config.amp and device.type == "cuda") or (config.cpu_bf16 and device.type == "cpu"),
+        autocast=(config.amp and device.type == "cuda") or (device.type == "cpu" and _cpu_bf16(config, facts, device)),
         wall_at_start=state.wall_time_s)
     run.last_lr = run.schedule(state.step, state.warming_up)
     _write_run_files(run, facts, resume)
@@ -345,6 +345,20 @@ def read_run_facts(run_dir: Path) -> dict[str, Any]:
     return facts
 
 
+def _cpu_bf16(config: TrainConfig, facts: dict[str, Any], device: torch.device) -> bool:
+    """Whether this CPU run trains under bf16 autocast, recorded in run.json. ``auto`` chooses it where
+    bf16 is native; a resumed ``auto`` run keeps the arithmetic it started with, wherever it resumes,
+    so that a run stopped and resumed is the run it would have been."""
+    if config.cpu_bf16 != "auto":
+        chosen = bool(config.cpu_bf16)
+    elif "cpu_bf16" in facts:
+        chosen = bool(facts["cpu_bf16"])
+    else:
+        chosen = bfloat16_is_fast(device)
+    facts["cpu_bf16"] = chosen
+    return chosen
+
+
 def _with_recorded_format(config: TrainConfig, facts: dict[str, Any]) -> TrainConfig:
     """A resumed ``data_format: auto`` run reads its data the way it started: the cache and the files
     give different pixels, and the free disk or memory that chose between them may have changed."""
@@ -382,8 +396,10 @@ def _announce(run: TrainingRun, data: ImageArrays | ImageFiles, teacher: Teacher
         say(f"starting from {start['file']} ({start['kind']}): {head}; {trains}; normalisation: {norm}")
     if run.autocast and run.device.type == "cpu":
         warning = slow_bfloat16_warning("cpu")
-        if warning:
+        if warning:  # only when asked for: auto chooses bf16 where it is native
             say(f"{warning}; drop --set cpu_bf16=true")
+        elif config.cpu_bf16 == "auto" and not resumed:
+            say("training under bf16 autocast: this CPU has native bf16 (--set cpu_bf16=false for float32)")
     if config.schedule == "multistep" and any(m >= run.total_steps
                                               for m in milestone_steps(config.milestones, run.total_steps)):
         # e.g. milestones given in steps, then the run shortened with --epochs: the lr never drops.
