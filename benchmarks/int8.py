@@ -55,6 +55,7 @@ def alternating_times(paths: dict, x: torch.Tensor, rounds: int, calls: int) -> 
             model(x)
         for _ in range(rounds):
             for name, model in paths.items():
+                time.sleep(0.2)  # the previous path's thread pool goes idle (see speed.settle)
                 start = time.perf_counter()
                 for _ in range(calls):
                     model(x)

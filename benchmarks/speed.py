@@ -32,7 +32,14 @@ from common import cifar_or_synthetic, machine, write_json  # noqa: E402
 
 import reslab  # noqa: E402
 from reslab.data import Normalizer, TrainLoader  # noqa: E402
-from reslab.inference import bfloat16_is_fast, frozen_for_inference, optimize_for_inference  # noqa: E402
+from reslab.inference import (  # noqa: E402
+    bfloat16_is_fast,
+    compiled_for_inference,
+    frozen_for_inference,
+    has_cxx_compiler,
+    optimize_for_inference,
+)
+from reslab.models.pretrained import available_pretrained, pretrained_checkpoint  # noqa: E402
 from reslab.summary import summarize  # noqa: E402
 
 
@@ -53,12 +60,20 @@ def _status_mb(field: str) -> float | None:
     return None
 
 
+def settle() -> None:
+    """Let the previous path's worker threads go idle. OpenMP's and ONNX Runtime's pools spin for a
+    while after each call, and a pool spinning on both cores took up to half the next path's time
+    (ONNX Runtime int8 measured 2,995 images/s right after PyTorch paths, 5,137 alone)."""
+    time.sleep(0.2)
+
+
 def alternate(pair: dict[str, Callable[[], None]], repeats: int) -> dict[str, dict]:
     for fn in pair.values():  # warm-up
         fn()
     times: dict[str, list[float]] = {k: [] for k in pair}
     for _ in range(repeats):
         for name, fn in pair.items():
+            settle()
             start = time.perf_counter()
             fn()
             times[name].append(time.perf_counter() - start)
@@ -158,11 +173,17 @@ def inference_case(depth_model: Callable, ours_model, batch: int, size: int, ite
 
     # reslab: frozen TorchScript (BN folded, oneDNN); also its eager BN-folded path, the same in
     # bfloat16 (weights cast, and under autocast) where the CPU has bf16 instructions (outputs
-    # rounded: opt-in), and ONNX Runtime in float32 and int8 (reslab/quantize.py).
+    # rounded: opt-in), both through torch.compile (`--compile`; compiled in the warm-up call) where
+    # a C++ compiler is at hand, and ONNX Runtime in float32 and int8 (reslab/quantize.py).
     pair = {"baseline": run_baseline, "reslab": repeated(frozen), "reslab_eager_folded": repeated(eager)}
+    if has_cxx_compiler():
+        pair["reslab_compiled"] = repeated(compiled_for_inference(optimize_for_inference(ours_model.eval())))
     if bfloat16_is_fast():
         pair["reslab_bf16"] = repeated(optimize_for_inference(ours_model.eval(), "bfloat16"))
         pair["reslab_bf16_autocast"] = autocast(eager)
+        if has_cxx_compiler():
+            pair["reslab_bf16_compiled"] = repeated(
+                compiled_for_inference(optimize_for_inference(ours_model.eval(), "bfloat16")))
     pair.update(_onnx_runners(ours_model, x, iters))
     return Case(label, unit, batch * iters, pair)
 
@@ -204,7 +225,10 @@ def build_case(key: str, quick: bool, data_root: str | None) -> Case:
         return training_case(depth, 128, steps, data, norm, extra_paths=depth == 20)
     if kind in ("infer", "latency"):
         depth = int(arg)
-        model = reslab.create_model(f"resnet{depth}")
+        # Trained weights where reslab bundles them: int8 kernels' speed depends on the values (an
+        # untrained ResNet-20 quantized ran at a quarter of the trained one's rate in ONNX Runtime).
+        name = f"resnet{depth}"
+        model = pretrained_checkpoint(name).build_model() if name in available_pretrained() else reslab.create_model(name)
         if kind == "infer":
             return inference_case(lambda: baseline.resnet(depth), model, 256, 32, 1 if quick else 4,
                                   f"inference resnet{depth} batch 256")

@@ -185,6 +185,7 @@ def cmd_eval(args: argparse.Namespace) -> None:
     from .views import reads_files
 
     _refuse_unused_calibration(args, args.precision == "int8", "--precision int8")
+    _refuse_compiled_int8(args)
     checkpoint = load_checkpoint(args.checkpoint)
     if args.crops != 1 or args.scales or reads_files(checkpoint.config):
         return _eval_whole_images(args, checkpoint)
@@ -195,11 +196,11 @@ def cmd_eval(args: argparse.Namespace) -> None:
         from .quantize import int8_model
 
         model, calibration = int8_model(checkpoint, args.calibration, args.data_root)
-    elif args.precision != "float32":  # the float32 default evaluates the model exactly as trained
+    elif args.precision != "float32" or args.compile:  # plain float32 evaluates the model exactly as trained
         from .inference import optimize_for_inference
 
         _note_if_bfloat16_is_slow(args.precision)
-        model = optimize_for_inference(model, args.precision)
+        model = _maybe_compiled(optimize_for_inference(model, args.precision), args.compile)
     model = with_test_time_augmentation(model, args.tta)
     result = evaluate(model, EvalLoader(arrays, 500, checkpoint.normalizer), len(checkpoint.classes))
     per_class = result.per_class_accuracy()
@@ -234,11 +235,11 @@ def _eval_whole_images(args: argparse.Namespace, checkpoint) -> None:
 
     files = checkpoint_files(checkpoint, args.data, args.split)
     model = checkpoint.build_model()
-    if args.precision != "float32":
+    if args.precision != "float32" or args.compile:
         from .inference import optimize_for_inference
 
         _note_if_bfloat16_is_slow(args.precision)
-        model = optimize_for_inference(model, args.precision)
+        model = _maybe_compiled(optimize_for_inference(model, args.precision), args.compile)
     result, how = evaluate_views(model, checkpoint, files, crops=args.crops, scales=args.scales or (),
                                  flip=args.tta == "flip")
     if args.json:
@@ -249,6 +250,18 @@ def _eval_whole_images(args: argparse.Namespace, checkpoint) -> None:
         return
     print(f"{checkpoint.path} on {files.name}: {int(result.count):,} images ({args.precision}; {how})")
     print(f"top-1 error {100 * result.error:.2f}%  top-5 error {100 * result.top5_error:.2f}%  loss {result.loss:.4f}")
+
+
+def _refuse_compiled_int8(args: argparse.Namespace) -> None:
+    if args.compile and args.precision == "int8":
+        raise ReslabError("--compile is for float32 and bfloat16: int8 runs in ONNX Runtime, which optimises "
+                          "its own graph")
+
+
+def _maybe_compiled(model, compile: bool):
+    from .inference import compiled_for_inference
+
+    return compiled_for_inference(model) if compile else model
 
 
 def _note_if_bfloat16_is_slow(precision: str) -> None:
@@ -279,12 +292,13 @@ def cmd_predict(args: argparse.Namespace) -> None:
     from .predict import predict
 
     _refuse_unused_calibration(args, args.precision == "int8", "--precision int8")
+    _refuse_compiled_int8(args)
     checkpoint, paths = _checkpoint_and_images(args.paths, args.model)
     if not paths:
         raise ReslabError("no images given")
     _note_if_bfloat16_is_slow(args.precision)
     predictions = predict(checkpoint, paths, top_k=args.top_k, precision=args.precision, tta=args.tta,
-                          calibration=args.calibration, data_root=args.data_root)
+                          calibration=args.calibration, data_root=args.data_root, compile=args.compile)
     if args.json:
         print(json.dumps([p.to_dict() for p in predictions], indent=2))
         return
@@ -552,6 +566,9 @@ def _add_inference_flags(p: argparse.ArgumentParser) -> None:
                         "(see docs/performance.md), outputs rounded to bf16. int8: BN-folded, quantized "
                         "(calibrated on 256 training images) and run by ONNX Runtime (needs reslab[onnx])")
     _add_calibration_flag(p)
+    p.add_argument("--compile", action="store_true",
+                   help="float32/bfloat16 through torch.compile (needs a C++ compiler): about 10 s of "
+                        "compiling first, then faster; for many images (docs/performance.md)")
     p.add_argument("--tta", choices=["none", "flip"], default="none",
                    help="flip: average each image's prediction with its mirror image's (twice the compute)")
 

@@ -13,7 +13,11 @@ from .data.arrays import ImageArrays
 from .data.augment import preprocess_eval
 from .data.images import expand_paths, load_images
 from .errors import ConfigError
-from .inference import optimize_for_inference, with_test_time_augmentation
+from .inference import (
+    compiled_for_inference,
+    optimize_for_inference,
+    with_test_time_augmentation,
+)
 
 
 @dataclass(frozen=True)
@@ -37,9 +41,11 @@ def check_tta(checkpoint: Checkpoint, tta: str, data: ImageArrays | None = None)
 @torch.inference_mode()
 def predict(checkpoint: Checkpoint, paths: Sequence[str | Path], top_k: int = 3,
             batch_size: int = 256, precision: str = "float32", tta: str = "none",
-            calibration: str | Path | None = None, data_root: str | None = None) -> list[Prediction]:
+            calibration: str | Path | None = None, data_root: str | None = None,
+            compile: bool = False) -> list[Prediction]:
     """``precision="int8"``: the model quantized (``quantize``) on the images of the ``calibration``
-    folder, or else on its training split (found under ``data_root``)."""
+    folder, or else on its training split (found under ``data_root``). ``compile``: float32 or bfloat16
+    through ``torch.compile`` (``inference.compiled_for_inference``), for many images."""
     check_tta(checkpoint, tta)
     files = expand_paths(paths)
     if precision == "int8":
@@ -48,6 +54,8 @@ def predict(checkpoint: Checkpoint, paths: Sequence[str | Path], top_k: int = 3,
         model = int8_model(checkpoint, calibration, data_root)[0]
     else:
         model = optimize_for_inference(checkpoint.build_model(), precision)
+        if compile:
+            model = compiled_for_inference(model)
     model = with_test_time_augmentation(model, tta)
     k = max(1, min(top_k, len(checkpoint.classes)))
     results = []

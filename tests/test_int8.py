@@ -161,6 +161,31 @@ def test_eval_and_predict_in_int8(trained, tmp_path):
     assert sum(p["top"][0]["class"] == folder.name for p in predictions) >= 0.9 * len(predictions)
 
 
+def test_eval_and_predict_compiled_agree_with_eager(trained):
+    from reslab.inference import has_cxx_compiler
+
+    if not has_cxx_compiler():
+        pytest.skip("torch.compile needs a C++ compiler")
+    eager = json.loads(cli("eval", trained["path"], "--json").stdout)
+    result = cli("eval", trained["path"], "--json", "--compile")
+    assert result.returncode == 0, result.stderr
+    compiled = json.loads(result.stdout)
+    assert compiled["examples"] == eager["examples"]
+    assert abs(compiled["loss"] - eager["loss"]) < 1e-4 and compiled["top1_error"] == eager["top1_error"]
+    folder = next(trained["data"].iterdir())
+    plain = json.loads(cli("predict", trained["path"], folder, "--json").stdout)
+    result = cli("predict", trained["path"], folder, "--json", "--compile")
+    assert result.returncode == 0, result.stderr
+    assert [p["top"][0]["class"] for p in json.loads(result.stdout)] == [p["top"][0]["class"] for p in plain]
+
+
+def test_compile_without_a_cxx_compiler_is_one_line(trained, monkeypatch):
+    monkeypatch.setattr("reslab.inference.has_cxx_compiler", lambda: False)
+    result = cli("eval", trained["path"], "--compile", "--precision", "bfloat16")
+    assert result.returncode == 2 and "--compile needs a C++ compiler" in result.stderr, result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+
+
 def _nan_checkpoint(trained, tmp_path):
     checkpoint = load_checkpoint(trained["path"])
     state = dict(checkpoint.model_state)
@@ -195,6 +220,8 @@ def _corrupt_folder(trained, tmp_path):
     (lambda t, p: ["export", _nan_checkpoint(t, p), "--format", "onnx-int8", "--calibration", t["data"]],
      "cannot be quantized"),
     (lambda t, p: ["eval", t["path"], "--precision", "int4"], "invalid choice"),
+    (lambda t, p: ["eval", t["path"], "--precision", "int8", "--compile"], "--compile is for float32 and bfloat16"),
+    (lambda t, p: ["predict", t["path"], t["data"], "--precision", "int8", "--compile"], "--compile is for float32"),
 ])
 def test_bad_int8_input_is_one_line(trained, tmp_path, args, message):
     pytest.importorskip("onnxruntime")
