@@ -313,7 +313,11 @@ def test_claims_say_what_the_numbers_show():
     close = decreasing({"R20": Spread((0.10, 0.12)), "R32": Spread((0.105, 0.11)), "R56": Spread((0.07, 0.08))})
     assert close.holds and close.unclear == (("R20", "R32"),) and "within the spread" in close.sentence()
     wrong = decreasing({"R20": Spread((0.10,)), "R56": Spread((0.20,))})
-    assert not wrong.holds and "does NOT hold" in wrong.sentence()
+    assert not wrong.holds and "R20 vs R56 reversed by more than the spread" in wrong.sentence()
+    # A broken step within the spread is said to be so; a clean step is not named.
+    mixed = decreasing({"A": Spread((0.20, 0.22)), "B": Spread((0.21, 0.22)), "C": Spread((0.15, 0.16))})
+    assert mixed.reversed == (("A", "B"),) and "A vs B within the spread" in mixed.sentence()
+    assert "B vs C" not in mixed.sentence()
     assert Spread((0.1, 0.2)).text() == "15.00 +- 7.07 (n=2)" and Spread(()).text() == ""
 
 

@@ -67,11 +67,17 @@ class Ordering:
     labels: tuple[str, ...]
     holds: bool  # every mean strictly below the one before
     unclear: tuple[tuple[str, str], ...]  # adjacent pairs whose gap is smaller than their seeds' spread
+    reversed: tuple[tuple[str, str], ...] = ()  # adjacent pairs whose second mean is not below the first
 
     def sentence(self, what: str = "error") -> str:
         chain = " > ".join(self.labels)
         if not self.holds:
-            return f"The expected order of {what} ({chain}) does NOT hold in the means over seeds."
+            # Say which steps break the order and whether each break is larger than the seeds' spread:
+            # a break within the spread means "not shown", one beyond it means "the other way round".
+            breaks = "; ".join(f"{a} vs {b} " + ("within the spread between seeds" if (a, b) in self.unclear
+                                                 else "reversed by more than the spread between seeds")
+                               for a, b in self.reversed)
+            return f"The expected order of {what} ({chain}) does NOT hold in the means over seeds: {breaks}."
         text = f"The expected order of {what} ({chain}) holds in the means over seeds"
         if not self.unclear:
             return text + ", and each step is larger than the spread between seeds."
@@ -83,10 +89,10 @@ def decreasing(spreads: dict[str, Spread]) -> Ordering:
     """Expect each spread's mean below the previous one's (dict order)."""
     labels = tuple(spreads)
     items = list(spreads.values())
-    holds = all(b.mean < a.mean for a, b in zip(items, items[1:]))
-    unclear = tuple((labels[i], labels[i + 1]) for i, (a, b) in enumerate(zip(items, items[1:]))
-                    if abs(a.mean - b.mean) <= max(a.std, b.std))
-    return Ordering(labels, holds, unclear)
+    steps = list(zip(labels, labels[1:], items, items[1:]))
+    reversed_steps = tuple((la, lb) for la, lb, a, b in steps if b.mean >= a.mean)
+    unclear = tuple((la, lb) for la, lb, a, b in steps if abs(a.mean - b.mean) <= max(a.std, b.std))
+    return Ordering(labels, not reversed_steps, unclear, reversed_steps)
 
 
 def mean_response(responses: Sequence[dict[str, Any]]) -> float:

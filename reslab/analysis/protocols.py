@@ -2,9 +2,10 @@
 and over how many seeds.
 
 ``full`` is the paper's (Sec. 4.2: 64k iterations, lr 0.1 divided by 10 at 32k and 48k); it needs a
-GPU. ``short`` is the shortest budget found that shows the paper's claims the paper's way round on a
-2-core CPU; docs/results.md ("The paper's evidence, short protocol") has the measurements that chose
-it, and says which claims it shows and which it does not.
+GPU. ``short`` is the shortest budget measured that shows the degradation problem (Fig. 1) and each
+ResNet far below its plain twin (Fig. 6) on a 2-core CPU; the order of Table 6 needs longer.
+docs/results.md ("The paper's evidence, the paper's way round") has the measurements, and says which
+claims it shows and which it does not.
 
 Why not the paper's schedule, shortened? Cut to 2-3% of its length it drops the learning rate after
 fewer than 3 epochs, before the deeper ResNets have caught up, so ResNet-56 ended far *behind*
