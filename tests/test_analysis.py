@@ -16,6 +16,7 @@ from torch import nn
 import reslab
 from reslab.analysis import members as runner
 from reslab.analysis.deepen import deepen, max_output_difference
+from reslab.analysis.claims import mean_response
 from reslab.analysis.experiments import degradation, shortcuts, table6
 from reslab.analysis.members import ExperimentSettings, Member, member_config, run_members
 from reslab.analysis.responses import layer_responses, response_layers
@@ -130,6 +131,10 @@ def test_degradation_experiment_writes_figures_table_report_and_resumes(tmp_path
     text = table6(settings, [8, 14], seeds=1).read_text()
     assert "ResNet-8" in text and "(n=1)" in text and len(list((out / "members").iterdir())) == 4
     assert "The expected order of validation error (ResNet-8 > ResNet-14)" in text
+    # Fig. 7 by depth: each row carries its member's mean response, and the report compares them.
+    row = next(line for line in text.splitlines() if line.startswith("| ResNet-14"))
+    assert f"{mean_response(responses['resnet14-seed0']):.2f} (n=1)" in row
+    assert "Fig. 7: The expected order of layer response (deeper ResNets smaller) (ResNet-8 > ResNet-14)" in text
 
 
 def test_a_report_is_rebuilt_from_committed_metrics_alone(tmp_path):

@@ -157,18 +157,16 @@ def _record_responses(settings: ExperimentSettings):
     return record
 
 
+def _response_spread(settings: ExperimentSettings, members: list[Member]) -> Spread:
+    """The members' mean layer responses (Fig. 7), over those that recorded them."""
+    paths = [member_dir(settings, m) / "responses.json" for m in members]
+    return Spread(tuple(mean_response(json.loads(p.read_text())) for p in paths if p.exists()))
+
+
 def _responses_table(settings: ExperimentSettings, depths: list[int], first_seed: int, seeds: int,
                      members: dict) -> dict[tuple[str, int], Spread]:
-    table = {}
-    for kind in ("plain", "resnet"):
-        for d in depths:
-            values = []
-            for s in _seeds(first_seed, seeds):
-                path = member_dir(settings, members[kind, d, s]) / "responses.json"
-                if path.exists():
-                    values.append(mean_response(json.loads(path.read_text())))
-            table[kind, d] = Spread(tuple(values))
-    return table
+    return {(kind, d): _response_spread(settings, [members[kind, d, s] for s in _seeds(first_seed, seeds)])
+            for kind in ("plain", "resnet") for d in depths}
 
 
 def _response_claims(depths: list[int], responses: dict[tuple[str, int], Spread]) -> list[str]:
@@ -195,20 +193,28 @@ def table6(settings: ExperimentSettings, depths: list[int], seeds: int, first_se
     histories = run_members(settings, list(members.values()), on_done=_record_responses(settings))
     found = {d: [histories[members[d, s].name] for s in _seeds(first_seed, seeds) if members[d, s].name in histories]
              for d in depths}
+    # Fig. 7's comparison between depths comes with Table 6: the same members, more depths and seeds
+    # than the degradation experiment has.
+    responses = {d: _response_spread(settings, [members[d, s] for s in _seeds(first_seed, seeds)]) for d in depths}
     rows = []
     for d in depths:
         errors = spread(found[d], "eval_error")
         paper = PAPER_ERRORS.get(f"resnet{d}", (None, None))[0]
         rows.append([f"ResNet-{d}", len(errors.values), errors.text(),
-                     ", ".join(f"{100 * v:.2f}" for v in errors.values), "" if paper is None else f"{paper:.2f}"])
+                     ", ".join(f"{100 * v:.2f}" for v in errors.values), "" if paper is None else f"{paper:.2f}",
+                     responses[d].text(1.0)])
     claims = []
     spreads = {f"ResNet-{d}": spread(found[d], "eval_error") for d in depths}
     if len(depths) > 1 and all(s.values for s in spreads.values()):
         claims.append(decreasing(spreads).sentence("validation error"))
+    if len(depths) > 1 and all(r.values for r in responses.values()):
+        claims.append("Fig. 7: " + decreasing({f"ResNet-{d}": responses[d] for d in depths})
+                      .sentence("layer response (deeper ResNets smaller)"))
     return _write_report(settings, "table6", "Table 6: CIFAR-10 error of ResNets by depth",
-                         "ResNets of each depth over several seeds, identical recipe.",
-                         ["network", "seeds", "val err % (mean +- std)", "per seed", "paper test err %"], rows,
-                         histories, members.values(), [], claims)
+                         "ResNets of each depth over several seeds, identical recipe. Layer response (Fig. 7): "
+                         "the mean over 3x3 layers of each layer's response std on the evaluation split.",
+                         ["network", "seeds", "val err % (mean +- std)", "per seed", "paper test err %",
+                          "layer response"], rows, histories, members.values(), [], claims)
 
 
 SHORTCUT_OPTIONS = {"A": "zero-padding identity", "B": "projection when the shape changes",
