@@ -65,9 +65,13 @@ class Ordering:
     """Whether errors fall in the order given (e.g. by depth), and where a step is within the spread."""
 
     labels: tuple[str, ...]
-    holds: bool  # every mean strictly below the one before
     unclear: tuple[tuple[str, str], ...]  # adjacent pairs whose gap is smaller than their seeds' spread
-    reversed: tuple[tuple[str, str], ...] = ()  # adjacent pairs whose second mean is not below the first
+    reversed: tuple[tuple[str, str], ...]  # adjacent pairs whose second mean is not below the first
+
+    @property
+    def holds(self) -> bool:
+        """Every mean strictly below the one before."""
+        return not self.reversed
 
     def sentence(self, what: str = "error") -> str:
         chain = " > ".join(self.labels)
@@ -92,7 +96,7 @@ def decreasing(spreads: dict[str, Spread]) -> Ordering:
     steps = list(zip(labels, labels[1:], items, items[1:]))
     reversed_steps = tuple((la, lb) for la, lb, a, b in steps if b.mean >= a.mean)
     unclear = tuple((la, lb) for la, lb, a, b in steps if abs(a.mean - b.mean) <= max(a.std, b.std))
-    return Ordering(labels, not reversed_steps, unclear, reversed_steps)
+    return Ordering(labels, unclear, reversed_steps)
 
 
 def mean_response(responses: Sequence[dict[str, Any]]) -> float:
