@@ -145,6 +145,10 @@ def test_a_report_is_rebuilt_from_committed_metrics_alone(tmp_path):
     out = tmp_path / "exp"
     table6(ExperimentSettings(out=out, **TINY), [8], seeds=2)
     first = json.loads((out / "table6.json").read_text())
+    # The report says how the members computed: here the suite's float32, on this CPU's instruction set.
+    capability = torch.backends.cpu.get_cpu_capability()
+    assert json.loads((out / "members" / "resnet8-seed0" / "run.json").read_text())["cpu_capability"] == capability
+    assert f"Arithmetic: every member (2) trained in float32 on cpu ({capability})." in (out / "table6.md").read_text()
     # Whichever experiment trains a member records its Fig. 7 responses, for the degradation report to share.
     assert all((out / "members" / f"resnet8-seed{s}" / "responses.json").exists() for s in (0, 1))
     committed = tmp_path / "committed"
@@ -162,6 +166,13 @@ def test_a_report_is_rebuilt_from_committed_metrics_alone(tmp_path):
     # The arithmetic is how a member ran, as the device is: a CPU with native bf16 may finish the experiment.
     bf16 = ExperimentSettings(out=committed, **{**TINY, "extra": {**TINY["extra"], "cpu_bf16": True}})
     assert "(n=2)" in table6(bf16, [8], seeds=2).read_text()
+    shutil.rmtree(committed / "members" / "resnet8-seed1")
+    mixed = table6(bf16, [8], seeds=2).read_text()  # and the report says that they differ, member by member
+    assert (f"Arithmetic DIFFERS between members (each run.json records its own): float32 on cpu ({capability}): "
+            f"resnet8-seed0; bf16 autocast on cpu ({capability}): resnet8-seed1.") in mixed
+    (committed / "members" / "resnet8-seed1" / "run.json").unlink()  # a member from before run.json existed
+    assert f"float32 on cpu ({capability}): resnet8-seed0; not recorded: resnet8-seed1." in table6(
+        bf16, [8], seeds=2).read_text()
     # Experiments pointed at one folder share members: table6's ResNet-8 seed 0 is the shortcuts' option A.
     before = (out / "members" / "resnet8-seed0" / "metrics.jsonl").stat().st_mtime_ns
     text = shortcuts(ExperimentSettings(out=out, **TINY), depth=8).read_text()

@@ -25,7 +25,7 @@ from ..tables import format_table
 from ..train.config import resolve
 from ..train.schedules import milestone_steps
 from .claims import Spread, above_throughout, decreasing, mean_response, spread
-from .members import ExperimentSettings, Member, family_net, member_dir, run_members
+from .members import ExperimentSettings, Member, arithmetic, family_net, member_dir, run_members
 
 __all__ = ["ExperimentSettings", "degradation", "table6", "shortcuts"]
 
@@ -296,11 +296,29 @@ def _length_note(settings: ExperimentSettings) -> str:
             f"Data: {settings.data}, evaluated on its {settings.eval_split} split.")
 
 
+def _arithmetic_note(settings: ExperimentSettings, members, histories: dict[str, History]) -> str:
+    """How the finished members computed (their run.json), one line: members completed on other
+    machines or sessions may differ, and a reader should see that beside the numbers."""
+    groups: dict[str, list[str]] = {}
+    for m in members:
+        if m.name in histories:
+            groups.setdefault(arithmetic(member_dir(settings, m)), []).append(m.name)
+    if not groups:
+        return "Arithmetic: no member finished yet."
+    if len(groups) == 1:
+        (kind, names), = groups.items()
+        return f"Arithmetic: every member ({len(names)}) trained in {kind}."
+    parts = [f"{kind}: " + (", ".join(names) if len(names) <= 4 else f"{len(names)} members")
+             for kind, names in sorted(groups.items(), key=lambda item: -len(item[1]))]
+    return "Arithmetic DIFFERS between members (each run.json records its own): " + "; ".join(parts) + "."
+
+
 def _write_report(settings: ExperimentSettings, key: str, title: str, intro: str, headers: list[str],
                   rows: list[list[Any]], histories: dict[str, History], members, figures: list[str],
                   claims: list[str], extra_tables: list[tuple[str, list[str], list[list[Any]]]] = ()) -> Path:
     missing = [m.name for m in members if m.name not in histories]
-    report = [f"# {title}", "", intro, "", _budget_note(settings), "", format_table(headers, rows, markdown=True), ""]
+    report = [f"# {title}", "", intro, "", _budget_note(settings), "",
+              _arithmetic_note(settings, members, histories), "", format_table(headers, rows, markdown=True), ""]
     for caption, extra_headers, extra_rows in extra_tables:
         report += [caption + ":", "", format_table(extra_headers, extra_rows, markdown=True), ""]
     report += [f"![{f}]({f})" for f in figures]

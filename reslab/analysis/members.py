@@ -16,6 +16,7 @@ With ``jobs > 1`` members run as parallel processes, each with ``threads / jobs`
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -124,6 +125,24 @@ def check_same_settings(settings: ExperimentSettings, member: Member, config: Tr
         what = ", ".join(f"{k} {before.get(k)!r} then, {now[k]!r} now" for k in changed[:3])
         raise ConfigError(f"{recorded.parent} was trained with other settings ({what}); "
                           f"rerun with the settings it was started with, or use another --out")
+
+
+def arithmetic(run_dir: Path) -> str:
+    """How a member computed, from its run.json: the device, bf16 autocast or float32, and on a CPU the
+    instruction set it started on where recorded ("float32 on cpu (AVX2)"). "not recorded" for a
+    folder without run.json."""
+    try:
+        facts = json.loads((run_dir / "run.json").read_text())
+    except (OSError, ValueError):
+        return "not recorded"
+    device = str(facts.get("device", "?")).split(":")[0]
+    if device == "cpu":
+        bf16 = facts.get("cpu_bf16", False)  # runs made before cpu_bf16 existed trained in float32
+    else:
+        bf16 = resolve(file=run_dir / "config.yaml").amp if (run_dir / "config.yaml").exists() else None
+    kind = "bf16 autocast" if bf16 else "float32" if bf16 is not None else "arithmetic not recorded"
+    where = f"{device} ({facts['cpu_capability']})" if facts.get("cpu_capability") else device
+    return f"{kind} on {where}"
 
 
 OnDone = Callable[[Member, Path], None]
