@@ -189,24 +189,23 @@ def _response_claims(depths: list[int], responses: dict[tuple[str, int], Spread]
 
 
 def table6(settings: ExperimentSettings, depths: list[int], seeds: int, first_seed: int = 0) -> Path:
-    members = {(d, s): resnet(d, s) for d in depths for s in _seeds(first_seed, seeds)}
-    histories = run_members(settings, list(members.values()), on_done=_record_responses(settings))
-    found = {d: [histories[members[d, s].name] for s in _seeds(first_seed, seeds) if members[d, s].name in histories]
-             for d in depths}
+    members = {d: [resnet(d, s) for s in _seeds(first_seed, seeds)] for d in depths}
+    every = [m for at_depth in members.values() for m in at_depth]
+    histories = run_members(settings, every, on_done=_record_responses(settings))
+    found = {d: [histories[m.name] for m in members[d] if m.name in histories] for d in depths}
     # Fig. 7's comparison between depths comes with Table 6: the same members, more depths and seeds
     # than the degradation experiment has.
-    responses = {d: _response_spread(settings, [members[d, s] for s in _seeds(first_seed, seeds)]) for d in depths}
+    responses = {d: _response_spread(settings, members[d]) for d in depths}
+    errors = {d: spread(found[d], "eval_error") for d in depths}
     rows = []
     for d in depths:
-        errors = spread(found[d], "eval_error")
         paper = PAPER_ERRORS.get(f"resnet{d}", (None, None))[0]
-        rows.append([f"ResNet-{d}", len(errors.values), errors.text(),
-                     ", ".join(f"{100 * v:.2f}" for v in errors.values), "" if paper is None else f"{paper:.2f}",
+        rows.append([f"ResNet-{d}", len(errors[d].values), errors[d].text(),
+                     ", ".join(f"{100 * v:.2f}" for v in errors[d].values), "" if paper is None else f"{paper:.2f}",
                      responses[d].text(1.0)])
     claims = []
-    spreads = {f"ResNet-{d}": spread(found[d], "eval_error") for d in depths}
-    if len(depths) > 1 and all(s.values for s in spreads.values()):
-        claims.append(decreasing(spreads).sentence("validation error"))
+    if len(depths) > 1 and all(e.values for e in errors.values()):
+        claims.append(decreasing({f"ResNet-{d}": errors[d] for d in depths}).sentence("validation error"))
     if len(depths) > 1 and all(r.values for r in responses.values()):
         claims.append("Fig. 7: " + decreasing({f"ResNet-{d}": responses[d] for d in depths})
                       .sentence("layer response (deeper ResNets smaller)"))
@@ -214,7 +213,7 @@ def table6(settings: ExperimentSettings, depths: list[int], seeds: int, first_se
                          "ResNets of each depth over several seeds, identical recipe. Layer response (Fig. 7): "
                          "the mean over 3x3 layers of each layer's response std on the evaluation split.",
                          ["network", "seeds", "val err % (mean +- std)", "per seed", "paper test err %",
-                          "layer response"], rows, histories, members.values(), [], claims)
+                          "layer response"], rows, histories, every, [], claims)
 
 
 SHORTCUT_OPTIONS = {"A": "zero-padding identity", "B": "projection when the shape changes",
