@@ -417,9 +417,10 @@ def cmd_experiment(args: argparse.Namespace) -> None:
     from .errors import ConfigError
     from .train.config import parse_overrides
 
-    recipe, budget, seeds = args.recipe or "paper", args.budget or 1.0, DEFAULT_SEEDS[args.name]
+    recipe, seeds = args.recipe or "paper", DEFAULT_SEEDS[args.name]
+    budget = 1.0 if args.budget is None else args.budget  # --budget 0 is refused below, not read as "not given"
     if args.protocol:
-        if args.recipe or args.budget:
+        if args.recipe or args.budget is not None:
             raise ConfigError("--protocol sets the recipe and budget; drop --recipe/--budget, or drop --protocol")
         chosen = protocol(args.protocol)
         recipe, budget, seeds = chosen.recipe, chosen.budget, chosen.seeds_for(args.name)
@@ -762,7 +763,7 @@ def _add_experiment(verbs: argparse._SubParsersAction) -> None:
     p.add_argument("--depth", type=int, default=20, help="shortcuts: the depth")
     p.add_argument("--seeds", type=positive_int,
                    help="seeds per network (default: the protocol's; without one, 3 for table6, else 1)")
-    p.add_argument("--seed", type=int, default=0, help="the first seed")
+    p.add_argument("--seed", type=int, default=0, help="the first seed (0 or more)")
     p.add_argument("--protocol", choices=["short", "full"],
                    help="short: the CPU protocol of docs/results.md; full: the paper's 64k iterations")
     p.add_argument("--budget", type=float, help="fraction of the recipe's length (paper: 64k iterations; "

@@ -463,6 +463,17 @@ def _toy(n=64):
                        list("abcd"), "toy")
 
 
+def test_a_large_run_seed_gives_batches_and_small_seeds_keep_theirs():
+    from reslab.data.loader import _batch_seed
+
+    data = _toy()
+    norm = Normalizer.fit(data.images)
+    stamp = list(TrainLoader(data, 16, norm, seed=1_733_456_789).epoch(3))  # a timestamp overflowed torch's seed
+    assert len(stamp) == 4 and not torch.equal(stamp[0][0], next(TrainLoader(data, 16, norm, seed=5).epoch(3))[0])
+    assert _batch_seed(5, 2, 3) == (5 * 1_000_003 + 2) * 1_000_033 + 3  # the runs made before keep their batches
+    assert 0 <= _batch_seed(2**63 - 1, 10**6, 2**20) < 2**64
+
+
 def test_loader_is_seeded_resumable_and_shards_exactly():
     data = _toy()
     norm = Normalizer.fit(data.images)

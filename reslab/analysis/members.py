@@ -28,6 +28,7 @@ from typing import Any, Callable
 
 from ..errors import ConfigError
 from ..fileio import atomic_write_text
+from ..models.registry import resolve_spec
 from ..train.config import TrainConfig, resolve
 from ..train.history import read_history
 from ..train.interrupt import StopFlag, say_while_stopping
@@ -161,6 +162,8 @@ def run_members(settings: ExperimentSettings, members: list[Member],
     configs = {m.name: member_config(settings, m) for m in members}
     for m in members:
         check_same_settings(settings, m, configs[m.name])
+        # A network that cannot be built (depth 21) is refused now, not after the members before it trained.
+        resolve_spec(configs[m.name].model, **configs[m.name].model_options)
     pending = [m for m in members if member_status(member_dir(settings, m)) != "done"]
     if settings.train and pending:
         settings.out.mkdir(parents=True, exist_ok=True)
@@ -169,6 +172,8 @@ def run_members(settings: ExperimentSettings, members: list[Member],
         else:
             _run_parallel(settings, pending, configs, on_done)
     done = [m for m in members if member_status(member_dir(settings, m)) == "done"]
+    if not settings.train and not done:  # most likely a mistyped --out: say so instead of an empty report
+        raise ConfigError(f"nothing to report: no finished member of this experiment under {settings.out / 'members'}")
     if on_done:
         for m in done:
             on_done(m, member_dir(settings, m))

@@ -23,7 +23,9 @@ from .augment import Normalizer, crop_flip, cutout, preprocess_eval
 
 
 def _batch_seed(seed: int, epoch: int, index: int) -> int:
-    return (seed * 1_000_003 + epoch) * 1_000_033 + index
+    # Taken modulo 2**64, as torch's generators take any seed (a negative one wraps): a large run seed
+    # (a timestamp, say) would otherwise overflow them, while every seed that fit before keeps its batches.
+    return ((seed * 1_000_003 + epoch) * 1_000_033 + index) % 2**64
 
 
 class Batch(NamedTuple):
