@@ -168,11 +168,15 @@ def test_a_report_is_rebuilt_from_committed_metrics_alone(tmp_path):
     assert "(n=2)" in table6(bf16, [8], seeds=2).read_text()
     shutil.rmtree(committed / "members" / "resnet8-seed1")
     mixed = table6(bf16, [8], seeds=2).read_text()  # and the report says that they differ, member by member
-    assert (f"Arithmetic DIFFERS between members (each run.json records its own): float32 on cpu ({capability}): "
+    assert (f"Arithmetic DIFFERS between members (as each member's run.json records): float32 on cpu ({capability}): "
             f"resnet8-seed0; bf16 autocast on cpu ({capability}): resnet8-seed1.") in mixed
     (committed / "members" / "resnet8-seed1" / "run.json").unlink()  # a member from before run.json existed
     assert f"float32 on cpu ({capability}): resnet8-seed0; not recorded: resnet8-seed1." in table6(
         bf16, [8], seeds=2).read_text()
+    for corrupt in ("null", "[1]", "{not json", '{"device": "mps:0"}'):  # the last trained without autocast
+        (committed / "members" / "resnet8-seed1" / "run.json").write_text(corrupt)
+        said = "float32 on mps" if "mps" in corrupt else "not recorded"
+        assert f"; {said}: resnet8-seed1." in table6(bf16, [8], seeds=2).read_text()
     # Experiments pointed at one folder share members: table6's ResNet-8 seed 0 is the shortcuts' option A.
     before = (out / "members" / "resnet8-seed0" / "metrics.jsonl").stat().st_mtime_ns
     text = shortcuts(ExperimentSettings(out=out, **TINY), depth=8).read_text()

@@ -470,8 +470,11 @@ def test_a_large_run_seed_gives_batches_and_small_seeds_keep_theirs():
     norm = Normalizer.fit(data.images)
     stamp = list(TrainLoader(data, 16, norm, seed=1_733_456_789).epoch(3))  # a timestamp overflowed torch's seed
     assert len(stamp) == 4 and not torch.equal(stamp[0][0], next(TrainLoader(data, 16, norm, seed=5).epoch(3))[0])
-    assert _batch_seed(5, 2, 3) == (5 * 1_000_003 + 2) * 1_000_033 + 3  # the runs made before keep their batches
-    assert 0 <= _batch_seed(2**63 - 1, 10**6, 2**20) < 2**64
+    # The runs made before keep their batches: seeds that fit are unchanged, and the one that was
+    # negative (seed 0, epoch 0's permutation: -1) now wraps where torch wrapped it.
+    assert _batch_seed(5, 2, 3) == (5 * 1_000_003 + 2) * 1_000_033 + 3
+    before = torch.randperm(len(data.images), generator=torch.Generator().manual_seed(-1))
+    assert torch.equal(TrainLoader(data, 16, norm, seed=0).permutation(0), before)
 
 
 def test_loader_is_seeded_resumable_and_shards_exactly():

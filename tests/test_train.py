@@ -308,13 +308,17 @@ def test_cpu_bf16_auto_trains_in_bf16_only_where_the_cpu_has_it(native, tmp_path
 
 
 def test_an_auto_bf16_run_resumes_in_the_arithmetic_it_started_with(tmp_path, monkeypatch):
-    """Stopped on a CPU with native bf16 and resumed on one without, the run is still the bf16 run."""
+    """Stopped on a CPU with native bf16 and resumed on one without, the run is still the bf16 run,
+    and run.json keeps the instruction set it started on."""
     monkeypatch.setattr("reslab.train.setup.bfloat16_is_fast", lambda device: True)
+    monkeypatch.setattr("torch.backends.cpu.get_cpu_capability", lambda: "AVX512")
     whole = fit(tiny_config(tmp_path / "whole", epochs=2), quiet=True)
     fit(tiny_config(tmp_path / "split", epochs=2), quiet=True, should_stop=lambda step: step == 30)
     monkeypatch.setattr("reslab.train.setup.bfloat16_is_fast", lambda device: False)
+    monkeypatch.setattr("torch.backends.cpu.get_cpu_capability", lambda: "AVX2")
     resumed = resume_run(tmp_path / "split", quiet=True)
-    assert json.loads((tmp_path / "split" / "run.json").read_text())["cpu_bf16"] is True
+    facts = json.loads((tmp_path / "split" / "run.json").read_text())
+    assert facts["cpu_bf16"] is True and facts["cpu_capability"] == "AVX512"
     assert strip_timing(resumed.history) == strip_timing(whole.history)
 
 

@@ -309,7 +309,7 @@ def _arithmetic_note(settings: ExperimentSettings, members, histories: dict[str,
         return f"Arithmetic: every member ({len(names)}) trained in {kind}."
     parts = [f"{kind}: " + (", ".join(names) if len(names) <= 4 else f"{len(names)} members")
              for kind, names in sorted(groups.items(), key=lambda item: -len(item[1]))]
-    return "Arithmetic DIFFERS between members (each run.json records its own): " + "; ".join(parts) + "."
+    return "Arithmetic DIFFERS between members (as each member's run.json records): " + "; ".join(parts) + "."
 
 
 def _write_report(settings: ExperimentSettings, key: str, title: str, intro: str, headers: list[str],

@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from ..errors import ConfigError
+from ..errors import ConfigError, ReslabError
 from ..fileio import atomic_write_text
 from ..models.registry import resolve_spec
 from ..train.config import TrainConfig, resolve
@@ -129,21 +129,22 @@ def check_same_settings(settings: ExperimentSettings, member: Member, config: Tr
 
 
 def arithmetic(run_dir: Path) -> str:
-    """How a member computed, from its run.json: the device, bf16 autocast or float32, and on a CPU the
-    instruction set it started on where recorded ("float32 on cpu (AVX2)"). "not recorded" for a
-    folder without run.json."""
+    """How a member computed: its device and bf16 autocast or float32, from run.json (on a CUDA device,
+    whose autocast follows ``amp``, from config.yaml too), and on a CPU the instruction set it started
+    on where recorded ("float32 on cpu (AVX2)"). "not recorded" where the files do not say."""
     try:
         facts = json.loads((run_dir / "run.json").read_text())
-    except (OSError, ValueError):
+        device = str(facts["device"]).split(":")[0]
+        if device == "cpu":
+            bf16 = bool(facts.get("cpu_bf16", False))  # runs made before cpu_bf16 existed trained in float32
+        elif device == "cuda":
+            bf16 = resolve(file=run_dir / "config.yaml").amp
+        else:  # training autocasts on CPU and CUDA only
+            bf16 = False
+    except (OSError, ValueError, TypeError, KeyError, ReslabError):  # missing, corrupt or not an object
         return "not recorded"
-    device = str(facts.get("device", "?")).split(":")[0]
-    if device == "cpu":
-        bf16 = facts.get("cpu_bf16", False)  # runs made before cpu_bf16 existed trained in float32
-    else:
-        bf16 = resolve(file=run_dir / "config.yaml").amp if (run_dir / "config.yaml").exists() else None
-    kind = "bf16 autocast" if bf16 else "float32" if bf16 is not None else "arithmetic not recorded"
-    where = f"{device} ({facts['cpu_capability']})" if facts.get("cpu_capability") else device
-    return f"{kind} on {where}"
+    capability = facts.get("cpu_capability") if device == "cpu" else None
+    return f"{'bf16 autocast' if bf16 else 'float32'} on {device}" + (f" ({capability})" if capability else "")
 
 
 OnDone = Callable[[Member, Path], None]

@@ -188,7 +188,8 @@ class TrainConfig:
              f"teacher must be a list of checkpoints, run folders or bundled model names, got {self.teacher!r}")
         need(self.model is None or (isinstance(self.model, str) and self.model != ""),
              f"model must be a model name or spec file, got {self.model!r}")
-        need(0 <= self.seed < 2**63, f"seed must be a whole number from 0 to 2**63 - 1, got {self.seed}")
+        # torch's generators take these (a negative seed wraps); beyond them seeding fails with a traceback
+        need(-(2**63) <= self.seed < 2**64, f"seed must be a whole number from -2**63 to 2**64 - 1, got {self.seed}")
         need(self.threads is None or self.threads >= 1, f"threads must be 1 or more, got {self.threads}")
         need(self.warmup >= 0, f"warmup must be >= 0 (steps, or a fraction of the run below 1), got {self.warmup}")
         need(self.iterations is not None or self.epochs is not None, "set iterations or epochs")

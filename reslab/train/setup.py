@@ -378,10 +378,11 @@ def _write_run_files(run: TrainingRun, facts: dict[str, Any], resume: bool) -> N
     facts.update({"run_dir": str(run.run_dir.resolve()), "processes": ctx.world_size, "device": str(run.device),
                   "global_batch": config.batch_size, "per_process_batch": config.batch_size // ctx.world_size,
                   "accumulation": config.accumulation, "lr": config.lr, "torch": torch.__version__})
-    if run.device.type == "cpu":
+    if run.device.type == "cpu" and not resume:
         # The instruction set the run started on: the same seed in float32 ended 1.2 points apart on an
-        # AVX2 and an AVX-512 CPU (docs/results.md), and it sets the speed. Kept from the first start.
-        facts.setdefault("cpu_capability", torch.backends.cpu.get_cpu_capability())
+        # AVX2 and an AVX-512 CPU (docs/results.md), and it sets the speed. Written at the start only, so
+        # a run resumed elsewhere (or started before this was recorded) does not claim another CPU's.
+        facts["cpu_capability"] = torch.backends.cpu.get_cpu_capability()
     atomic_write_text(json.dumps(facts, indent=2) + "\n", run.run_dir / "run.json")
 
 
