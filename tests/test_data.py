@@ -194,6 +194,32 @@ def test_extraction_touches_nothing_but_the_datasets_own_folder(tmp_path, monkey
     assert sorted(p.name for p in root.iterdir()) == ["cifar-10-batches-py", "cifar-10-python.tar.gz", "mnist"]
 
 
+def test_a_loader_that_loses_the_race_to_extract_reads_the_winners_folder(tmp_path, monkeypatch):
+    """Experiment members started side by side on a fresh machine all find the folder missing; the
+    first extracts it, the others must read it rather than fail on "already exists"."""
+    import reslab.data.cifar as cifar
+
+    monkeypatch.setenv("RESLAB_SKIP_MD5", "1")
+    root = tmp_path / "root"
+    root.mkdir()
+    make_archive(write_cifar_folder(tmp_path / "src"), root / "cifar-10-python.tar.gz")
+    real = cifar.safe_extract
+
+    def another_process_first(archive, dest, folder):
+        real(archive, dest, folder)  # the winner, between this loader's look and its own extraction
+        return real(archive, dest, folder)
+
+    monkeypatch.setattr(cifar, "safe_extract", another_process_first)
+    assert len(load_dataset("cifar10", "trainval", DataOptions(root=str(root)))) == 100
+    # A genuine failure still says so: an archive without the dataset's folder.
+    (tmp_path / "other").mkdir()
+    with tarfile.open(tmp_path / "other" / "cifar-10-python.tar.gz", "w:gz") as tar:
+        tar.add(tmp_path / "src", arcname="something-else")
+    monkeypatch.setattr(cifar, "safe_extract", real)
+    with pytest.raises(DataError, match="no cifar-10-batches-py/ folder inside"):
+        load_dataset("cifar10", "trainval", DataOptions(root=str(tmp_path / "other")))
+
+
 # ---- downloads against a local server -----------------------------------------------------
 class _Handler(http.server.BaseHTTPRequestHandler):
     files: dict = {}

@@ -88,7 +88,14 @@ def locate(name: str, root: Path, download: bool = True, base_url: str = BASE_UR
             download_file(base_url + fmt.archive, archive, fmt.md5)
         except DataError as exc:
             raise DataError(f"{exc}; offline? put {fmt.archive} (or the extracted {fmt.folder}/) in {root}") from None
-    safe_extract(archive, root, fmt.folder)
+    try:
+        safe_extract(archive, root, fmt.folder)
+    except DataError:
+        # Members of an experiment started side by side on a fresh machine all find the folder missing;
+        # the first to extract wins, and the others read what it wrote.
+        if (folder / fmt.meta_file).exists():
+            return folder
+        raise
     if not (folder / fmt.meta_file).exists():
         raise DataError(f"{archive}: not a {name} archive (no {fmt.meta_file} in its {fmt.folder}/)")
     return folder
