@@ -16,9 +16,15 @@ batch 128 leaves most of a large GPU idle, several side by side keep it busy.
 ResNet-20 and ResNet-110 eager and compiled on this GPU (``probe.json`` in the folder) and compiles
 only if the compiled step is at least ``--compile-gain`` times faster for both.
 
-Interrupt it at any time: rerunning the same command resumes every member (and skips the probe).
+Interrupt it at any time (Ctrl-C, or SIGINT to this script alone: ``timeout -s INT``): each running
+member saves a checkpoint, and rerunning the same command resumes every member (and skips the probe).
 Commit the folder without checkpoints (``*.pt``) to keep the evidence; reports are rebuilt from it
 with ``reslab experiment NAME --protocol full --report-only --out FOLDER``.
+
+A shorter run for a GPU lent for minutes, not hours (the full protocol is many GPU-hours of members):
+``--budget 0.1`` (6.4k iterations of the paper's recipe), ``--recipe fast --budget 0.5`` (20 epochs),
+``--depths 20,32,44,56``, ``--seeds 3``, ``--experiments table6``. A run with any of these is no
+longer the full protocol, and its reports say which recipe and budget they come from.
 
 ``--smoke`` runs the whole script on the CPU on scikit-learn's digits at a tiny budget, to test it
 where there is no GPU.
@@ -28,6 +34,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import signal
 import subprocess
 import sys
 import time
@@ -37,7 +45,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 TABLE6_DEPTHS = "20,32,44,56,110"
-DEGRADATION_DEPTHS = "20,32,44,56"  # the paper's Fig. 6 plain nets stop at 56
+EXPERIMENTS = ("table6", "degradation", "shortcuts")
 PROBE_STEPS = 30
 
 
@@ -79,21 +87,49 @@ def decide_compile(out: Path, device: str, min_gain: float) -> bool:
     if path.exists():
         probe = json.loads(path.read_text())
     else:
-        timings = probe_compile(device)
-        gains = {n: timings[f"{n} eager"] / timings[f"{n} compiled"] for n in ("resnet20", "resnet110")}
-        probe = {"seconds_per_step": timings, "gain": gains, "compile": min(gains.values()) >= min_gain}
+        try:
+            timings = probe_compile(device)
+        except Exception as exc:  # noqa: BLE001 - no compiler, a Triton failure...: train eager, say why
+            reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            probe = {"compile": False, "gain": None, "error": f"{type(exc).__name__}: {reason}"}
+        else:
+            gains = {n: timings[f"{n} eager"] / timings[f"{n} compiled"] for n in ("resnet20", "resnet110")}
+            probe = {"seconds_per_step": timings, "gain": gains, "compile": min(gains.values()) >= min_gain}
         out.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(probe, indent=1) + "\n")
-    print(f"torch.compile: {'yes' if probe['compile'] else 'no'} (gain {probe['gain']})", flush=True)
+    why = f"gain {probe['gain']}" if probe.get("gain") else probe.get("error", "")
+    print(f"torch.compile: {'yes' if probe['compile'] else 'no'} ({why})", flush=True)
     return bool(probe["compile"])
 
 
-def experiment(name: str, args: argparse.Namespace, common: list[str], *extra: str) -> None:
+def experiment(name: str, common: list[str], *extra: str) -> None:
+    """Run one ``reslab experiment`` and exit with its status if it fails (130 when interrupted)."""
     command = [sys.executable, "-m", "reslab", "experiment", name, *common, *extra]
     print("$ " + " ".join(command), flush=True)
-    status = subprocess.call(command)
+    # The experiment runs in its own session and hears every SIGINT through this script, exactly once:
+    # the terminal's Ctrl-C would otherwise reach it twice (directly and forwarded), and a second one
+    # kills members without their checkpoints; a SIGINT sent to this script alone (``timeout -s INT``)
+    # would not reach it at all. Waiting for it lets the members save (at most a minute).
+    child = subprocess.Popen(command, cwd=ROOT, start_new_session=True)
+
+    def forward(_signum, _frame) -> None:
+        if child.poll() is None:
+            child.send_signal(signal.SIGINT)
+
+    previous = signal.signal(signal.SIGINT, forward)
+    try:
+        status = child.wait()
+    finally:
+        signal.signal(signal.SIGINT, previous)
     if status != 0:
-        sys.exit(status)
+        sys.exit(130 if status == -signal.SIGINT else status)
+
+
+def prepare_cifar10(data_root: str | None) -> None:
+    """Download and extract CIFAR-10 once, before members start side by side and each look for it."""
+    from reslab.data import DataOptions, load_dataset
+
+    load_dataset("cifar10", "train", DataOptions(root=data_root))
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -102,31 +138,50 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", default="runs/evidence-full")
     parser.add_argument("--jobs", type=int, default=8, help="members trained at once on the GPU")
     parser.add_argument("--compile-gain", type=float, default=1.15)
+    parser.add_argument("--recipe", help="instead of the full protocol: this recipe (default paper with --budget)")
+    parser.add_argument("--budget", type=float, help="instead of the full protocol: this fraction of the recipe")
+    parser.add_argument("--depths", help=f"ResNet depths (default {TABLE6_DEPTHS}; degradation: up to 56)")
+    parser.add_argument("--seeds", type=int, help="seeds per network (default: the protocol's)")
+    parser.add_argument("--experiments", default=",".join(EXPERIMENTS),
+                        help=f"which to run, in this order (default {','.join(EXPERIMENTS)})")
     parser.add_argument("--smoke", action="store_true", help="CPU, digits, tiny budget: test the script")
     args = parser.parse_args(argv)
+    chosen = [e for e in args.experiments.split(",") if e]
+    if not chosen or any(e not in EXPERIMENTS for e in chosen):
+        parser.error(f"--experiments: choose from {', '.join(EXPERIMENTS)}, got {args.experiments!r}")
+    if args.depths is not None and not all(d.strip().isdigit() for d in args.depths.split(",")):
+        parser.error(f"--depths: comma-separated whole numbers, got {args.depths!r}")
     out = Path(args.out)
     if args.smoke:
-        length = ["--recipe", "paper", "--budget", "0.0005"]
+        length = ["--recipe", args.recipe or "paper", "--budget", str(args.budget or 0.0005)]
         common = ["--data", "digits", "--set", "device=cpu", "--set", "batch_size=64"]
-        depths6, depths_deg, use_compile = "8,14", "8,14", False
+        depths6, use_compile = args.depths or "8,14", False
     else:
         import torch
 
         if not torch.cuda.is_available():
             sys.exit("paper_evidence_gpu.py: no CUDA device here (use --smoke to test the script on the CPU)")
-        length = ["--protocol", "full"]
+        if args.recipe or args.budget:
+            length = ["--recipe", args.recipe or "paper", "--budget", str(args.budget or 1)]
+        else:
+            length = ["--protocol", "full"]
         common = ["--data", "cifar10", "--set", "device=cuda"]
         if args.data_root:
             common += ["--data-root", args.data_root]
-        depths6, depths_deg = TABLE6_DEPTHS, DEGRADATION_DEPTHS
+        prepare_cifar10(args.data_root)
+        depths6 = args.depths or TABLE6_DEPTHS
         use_compile = decide_compile(out, "cuda", args.compile_gain)
+        # Each member compiles in its own process; inductor's workers default to one per core each.
+        os.environ.setdefault("TORCHINDUCTOR_COMPILE_THREADS", "2")
+    depths_deg = ",".join(d for d in depths6.split(",") if int(d) <= 56) or depths6  # Fig. 6's plain nets stop at 56
     common += [*length, "--jobs", str(args.jobs), "--out", str(out), "--quiet",
                "--set", f"compile={str(use_compile).lower()}"]
-    seeds = ["--seeds", "1"] if args.smoke else []  # else the protocol's
-    experiment("table6", args, common, "--depths", depths6, *seeds)
-    experiment("degradation", args, common, "--depths", depths_deg, *seeds)
-    experiment("shortcuts", args, common, "--depth", depths_deg.split(",")[0], *seeds)
-    print(f"reports: {out}/table6.md, {out}/degradation.md, {out}/shortcuts.md")
+    seeds = ["--seeds", str(args.seeds or 1)] if args.smoke or args.seeds else []  # else the protocol's
+    runs = {"table6": ["--depths", depths6], "degradation": ["--depths", depths_deg],
+            "shortcuts": ["--depth", depths_deg.split(",")[0]]}
+    for name in chosen:
+        experiment(name, common, *runs[name], *seeds)
+    print("reports: " + ", ".join(f"{out}/{name}.md" for name in chosen))
 
 
 if __name__ == "__main__":

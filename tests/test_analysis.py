@@ -389,3 +389,30 @@ def test_the_gpu_evidence_script_runs_end_to_end_on_the_cpu(tmp_path):
     assert sorted(p.name for p in (out / "members").iterdir()) == [
         "plain14-seed0", "plain8-seed0", "resnet14-seed0", "resnet8-seed0", "resnet8B-seed0", "resnet8C-seed0"]
     assert json.loads((out / "members" / "resnet8-seed0" / "run.json").read_text())["device"] == "cpu"
+
+
+def test_the_gpu_evidence_script_stops_its_members_on_one_sigint_and_a_rerun_finishes(tmp_path):
+    """A SIGINT sent to the script alone (``timeout -s INT``, the end of a lent GPU's time) reaches the
+    experiment once: every member saves a checkpoint, the script exits 130, and no member is left
+    running (the rerun would find its run locked). The rerun resumes both and writes the report."""
+    out = tmp_path / "evidence"
+    script = Path(__file__).resolve().parents[1] / "scripts" / "paper_evidence_gpu.py"
+    command = [sys.executable, str(script), "--smoke", "--jobs", "2", "--budget", "0.02", "--depths", "8",
+               "--seeds", "2", "--experiments", "table6", "--out", str(out)]
+    proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    members = [out / "members" / f"resnet8-seed{s}" for s in (0, 1)]
+    deadline = time.monotonic() + 120
+    while not all((m / "run.json").exists() for m in members) and proc.poll() is None:
+        assert time.monotonic() < deadline, "the members never started"
+        time.sleep(0.2)
+    time.sleep(1.0)  # into their first steps
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err[-2000:]
+    assert all((m / "last.pt").exists() and not (m / "summary.json").exists() for m in members)
+    rerun = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    assert rerun.returncode == 0, rerun.stderr[-2000:]
+    report = (out / "table6.md").read_text()
+    assert "NOT FINISHED" not in report and "(n=2)" in report and "budget 0.02" in report
+    assert "--experiments" in subprocess.run([sys.executable, str(script), "--experiments", "fig9"],
+                                             capture_output=True, text=True).stderr
