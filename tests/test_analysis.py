@@ -416,3 +416,11 @@ def test_the_gpu_evidence_script_stops_its_members_on_one_sigint_and_a_rerun_fin
     assert "NOT FINISHED" not in report and "(n=2)" in report and "budget 0.02" in report
     assert "--experiments" in subprocess.run([sys.executable, str(script), "--experiments", "fig9"],
                                              capture_output=True, text=True).stderr
+
+
+def test_parallel_members_share_the_cores_this_process_may_use(tmp_path, monkeypatch):
+    """In a container limited to 4 of a 64-core host's cores, two members get 2 threads each, not 32."""
+    monkeypatch.setattr("os.sched_getaffinity", lambda pid: {0, 1, 2, 3}, raising=False)
+    monkeypatch.setattr("os.cpu_count", lambda: 64)
+    settings = ExperimentSettings(out=tmp_path, jobs=2, **TINY)
+    assert member_config(settings, Member("resnet8-seed0", "resnet", 8, 0, {})).threads == 2

@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
+from ..cores import usable_cores
 from ..errors import ConfigError, ReslabError
 from ..fileio import atomic_write_text
 from ..models.registry import resolve_spec
@@ -95,7 +96,7 @@ def member_config(settings: ExperimentSettings, member: Member) -> TrainConfig:
     values = {**settings.overrides(), "seed": member.seed, **member.overrides,
               "out": str(member_dir(settings, member))}
     if settings.jobs > 1:
-        values["threads"] = max(1, (os.cpu_count() or 1) // settings.jobs)
+        values["threads"] = max(1, usable_cores() // settings.jobs)
     return resolve(settings.recipe, overrides=values)
 
 

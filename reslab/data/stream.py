@@ -15,7 +15,6 @@ be read is left out of its batch and named once; the batch is one smaller.
 from __future__ import annotations
 
 import contextlib
-import os
 import warnings
 from pathlib import Path
 from typing import Iterable, Iterator, Protocol
@@ -24,6 +23,7 @@ import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
+from ..cores import usable_cores
 from ..errors import DataError
 from .arrays import AugmentDefaults
 from .augment import Normalizer, cutout_at, lighting_shift, shift_flip
@@ -53,11 +53,7 @@ class FileImages:
 
 def default_workers() -> int:
     """One worker process per core the trainer may use, at most 8."""
-    try:
-        cores = len(os.sched_getaffinity(0))
-    except AttributeError:
-        cores = os.cpu_count() or 1
-    return max(1, min(8, cores))
+    return max(1, min(8, usable_cores()))
 
 
 UNREADABLE = (DataError, UnidentifiedImageError, OSError, ValueError, SyntaxError)
