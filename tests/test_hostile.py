@@ -257,6 +257,8 @@ CASES = [
                                               "--data-root", str(_truncated_cifar(w))], "data_batch_2: truncated"),
     Case("archive-wrong-md5", lambda w: ["eval", str(w.checkpoint()), "--data", "cifar10",
                                          "--data-root", str(_archived_cifar(w))], "RESLAB_SKIP_MD5=1"),
+    Case("data-root-is-a-file", lambda w: ["eval", str(w.checkpoint()), "--data", "cifar10", "--data-root",
+                                           str(w.file("notes.txt", b"mine"))], "notes.txt: not a folder"),
     Case("archive-not-a-tar", lambda w: ["eval", str(w.checkpoint()), "--data", "cifar10", "--data-root",
                                          str(w.file("t/cifar-10-python.tar.gz", b"PK not a tar").parent)],
          "not a readable tar", env=SKIP),

@@ -59,6 +59,8 @@ class DataOptions:
 def _base_split(source: str, base: str, opts: DataOptions) -> ImageArrays:
     """The source's own "train" or "test" set."""
     root = data_root(opts.root)
+    if source in (*CIFAR_FORMATS, *IDX_CLASSES) and root.exists() and not root.is_dir():
+        raise DataError(f"{root}: not a folder (the data root holds {source}'s files or folder)")
     if source in CIFAR_FORMATS:
         return load_cifar(source, root, base, download=opts.download)
     if source in IDX_CLASSES:
