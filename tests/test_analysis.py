@@ -332,8 +332,15 @@ def test_claims_say_what_the_numbers_show():
     assert clear.holds and not clear.unclear and "each step is larger than the spread" in clear.sentence()
     close = decreasing({"R20": Spread((0.10, 0.12)), "R32": Spread((0.105, 0.11)), "R56": Spread((0.07, 0.08))})
     assert close.holds and close.unclear == (("R20", "R32"),) and "within the spread" in close.sentence()
-    wrong = decreasing({"R20": Spread((0.10,)), "R56": Spread((0.20,))})
+    wrong = decreasing({"R20": Spread((0.10, 0.11)), "R56": Spread((0.20, 0.21))})
     assert not wrong.holds and "R20 vs R56 reversed by more than the spread" in wrong.sentence()
+    # One seed against one seed has no spread: such a step is named as unjudged, held or broken.
+    single = decreasing({"R20": Spread((0.16, 0.17)), "R32": Spread((0.155,)), "R44": Spread((0.152,)),
+                         "R56": Spread((0.14, 0.15))})
+    assert single.holds and single.unjudged == (("R32", "R44"),) and single.unclear == (("R44", "R56"),)
+    assert "no spread to judge them by: R32 vs R44." in single.sentence()
+    one_each = decreasing({"R20": Spread((0.10,)), "R56": Spread((0.20,))})
+    assert "R20 vs R56 reversed (one seed each: no spread to judge by)." in one_each.sentence()
     # A broken step within the spread is said to be so; a clean step is not named.
     mixed = decreasing({"A": Spread((0.20, 0.22)), "B": Spread((0.21, 0.22)), "C": Spread((0.15, 0.16))})
     assert mixed.reversed == (("A", "B"),) and "A vs B within the spread" in mixed.sentence()

@@ -67,6 +67,7 @@ class Ordering:
     labels: tuple[str, ...]
     unclear: tuple[tuple[str, str], ...]  # adjacent pairs whose gap is smaller than their seeds' spread
     reversed: tuple[tuple[str, str], ...]  # adjacent pairs whose second mean is not below the first
+    unjudged: tuple[tuple[str, str], ...] = ()  # adjacent pairs of one seed each: no spread to judge by
 
     @property
     def holds(self) -> bool:
@@ -78,15 +79,26 @@ class Ordering:
         if not self.holds:
             # Say which steps break the order and whether each break is larger than the seeds' spread:
             # a break within the spread means "not shown", one beyond it means "the other way round".
-            breaks = "; ".join(f"{a} vs {b} " + ("within the spread between seeds" if (a, b) in self.unclear
-                                                 else "reversed by more than the spread between seeds")
-                               for a, b in self.reversed)
+            breaks = "; ".join(f"{a} vs {b} " + self._size_of_break(a, b) for a, b in self.reversed)
             return f"The expected order of {what} ({chain}) does NOT hold in the means over seeds: {breaks}."
         text = f"The expected order of {what} ({chain}) holds in the means over seeds"
-        if not self.unclear:
+        caveats = []
+        if self.unclear:
+            caveats.append("these steps are within the spread between seeds (std): "
+                           + ", ".join(f"{a} vs {b}" for a, b in self.unclear))
+        if self.unjudged:
+            caveats.append("these steps compare one seed with one seed, with no spread to judge them by: "
+                           + ", ".join(f"{a} vs {b}" for a, b in self.unjudged))
+        if not caveats:
             return text + ", and each step is larger than the spread between seeds."
-        pairs = ", ".join(f"{a} vs {b}" for a, b in self.unclear)
-        return text + f"; but these steps are within the spread between seeds (std): {pairs}."
+        return text + "; but " + "; and ".join(caveats) + "."
+
+    def _size_of_break(self, a: str, b: str) -> str:
+        if (a, b) in self.unjudged:
+            return "reversed (one seed each: no spread to judge by)"
+        if (a, b) in self.unclear:
+            return "within the spread between seeds"
+        return "reversed by more than the spread between seeds"
 
 
 def decreasing(spreads: dict[str, Spread]) -> Ordering:
@@ -95,8 +107,12 @@ def decreasing(spreads: dict[str, Spread]) -> Ordering:
     items = list(spreads.values())
     steps = list(zip(labels, labels[1:], items, items[1:]))
     reversed_steps = tuple((la, lb) for la, lb, a, b in steps if b.mean >= a.mean)
-    unclear = tuple((la, lb) for la, lb, a, b in steps if abs(a.mean - b.mean) <= max(a.std, b.std))
-    return Ordering(labels, unclear, reversed_steps)
+    # A single seed has no spread: a step between two of them is not judged (one side with seeds
+    # lends the step its spread).
+    unjudged = tuple((la, lb) for la, lb, a, b in steps if len(a.values) < 2 and len(b.values) < 2)
+    unclear = tuple((la, lb) for la, lb, a, b in steps
+                    if (la, lb) not in unjudged and abs(a.mean - b.mean) <= max(a.std, b.std))
+    return Ordering(labels, unclear, reversed_steps, unjudged)
 
 
 def mean_response(responses: Sequence[dict[str, Any]]) -> float:
