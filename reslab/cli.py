@@ -185,7 +185,7 @@ def cmd_eval(args: argparse.Namespace) -> None:
     from .views import reads_files
 
     _refuse_unused_calibration(args, args.precision == "int8", "--precision int8")
-    _refuse_compiled_int8(args)
+    _refuse_unusable_compile(args)
     checkpoint = load_checkpoint(args.checkpoint)
     if args.crops != 1 or args.scales or reads_files(checkpoint.config):
         return _eval_whole_images(args, checkpoint)
@@ -252,10 +252,15 @@ def _eval_whole_images(args: argparse.Namespace, checkpoint) -> None:
     print(f"top-1 error {100 * result.error:.2f}%  top-5 error {100 * result.top5_error:.2f}%  loss {result.loss:.4f}")
 
 
-def _refuse_compiled_int8(args: argparse.Namespace) -> None:
+def _refuse_unusable_compile(args: argparse.Namespace) -> None:
+    """--compile that cannot run is refused before anything else is said or done (one line)."""
+    from .inference import require_cxx_compiler
+
     if args.compile and args.precision == "int8":
         raise ReslabError("--compile is for float32 and bfloat16: int8 runs in ONNX Runtime, which optimises "
                           "its own graph")
+    if args.compile:
+        require_cxx_compiler()
 
 
 def _maybe_compiled(model, compile: bool):
@@ -292,7 +297,7 @@ def cmd_predict(args: argparse.Namespace) -> None:
     from .predict import predict
 
     _refuse_unused_calibration(args, args.precision == "int8", "--precision int8")
-    _refuse_compiled_int8(args)
+    _refuse_unusable_compile(args)
     checkpoint, paths = _checkpoint_and_images(args.paths, args.model)
     if not paths:
         raise ReslabError("no images given")

@@ -137,10 +137,14 @@ def compiled_for_inference(model: nn.Module) -> nn.Module:
     a later new shape compiles once more, for any batch size). It pays on long runs: ResNet-20 in
     bfloat16 at batch 256 went from 3,600 to 4,944 images/s on a 2-core AVX512_BF16 CPU
     (docs/performance.md). Call it under ``torch.inference_mode()`` or ``torch.no_grad()``."""
+    require_cxx_compiler()
+    return torch.compile(model, options={"freezing": True})
+
+
+def require_cxx_compiler() -> None:
     if not has_cxx_compiler():
         raise ReslabError("--compile needs a C++ compiler (torch.compile builds its CPU kernels with one): "
                           "install g++, or leave --compile out")
-    return torch.compile(model, options={"freezing": True})
 
 
 def frozen_for_inference(model: nn.Module, example: torch.Tensor) -> torch.jit.ScriptModule:

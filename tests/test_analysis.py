@@ -226,13 +226,15 @@ def test_parallel_members_finish_and_a_failing_member_is_named(tmp_path):
         started.append(Path(command[command.index("--config") + 1]).parent.name)
         return real_popen(command, **kw)
 
-    # A member whose training fails (depth 9 is not 6n+2) is reported by name with its error line,
-    # after the healthy members beside it have finished.
+    # A member whose training fails (its data folder is gone) is reported by name with its error line,
+    # after the healthy members beside it have finished. (A network that cannot be built is refused
+    # before any member starts: below.)
     members += [Member("resnet20", "resnet", 20, 0, {"model": "resnet", "model_options": {"depth": 20}}),
-                Member("broken", "resnet", 9, 0, {"model": "resnet", "model_options": {"depth": 9}})]
+                Member("broken", "resnet", 14, 0, {"model": "resnet", "model_options": {"depth": 14},
+                                                   "data": str(tmp_path / "gone")})]
     runner.subprocess.Popen = recording_popen
     try:
-        with pytest.raises(ConfigError, match=r"members failed: broken: .*6n\+2"):
+        with pytest.raises(ConfigError, match=r"members failed: broken: .*gone: no such dataset or folder"):
             run_members(settings, members)
     finally:
         runner.subprocess.Popen = real_popen
@@ -240,6 +242,10 @@ def test_parallel_members_finish_and_a_failing_member_is_named(tmp_path):
     for name in ("resnet8", "resnet20"):
         summary = json.loads((tmp_path / "par" / "members" / name / "summary.json").read_text())
         assert summary["steps"] == 32, name
+    unbuildable = Member("resnet9", "resnet", 9, 0, {"model": "resnet", "model_options": {"depth": 9}})
+    with pytest.raises(SpecError, match=r"6n\+2"):
+        run_members(ExperimentSettings(out=tmp_path / "none", jobs=2, **TINY), [members[0], unbuildable])
+    assert not (tmp_path / "none").exists()  # nothing started
 
 
 def test_ctrl_c_stops_parallel_members_with_checkpoints_and_a_rerun_finishes(tmp_path):

@@ -294,7 +294,9 @@ def test_cpu_bf16_autocast_trains_and_differs_from_float32(tmp_path):
 
 @pytest.mark.parametrize("native", [True, False])
 def test_cpu_bf16_auto_trains_in_bf16_only_where_the_cpu_has_it(native, tmp_path, monkeypatch, capsys):
+    # Both askers: the choice (setup) and the slow-bf16 warning (inference), whatever this CPU has.
     monkeypatch.setattr("reslab.train.setup.bfloat16_is_fast", lambda device: native)
+    monkeypatch.setattr("reslab.inference.bfloat16_is_fast", lambda device: native)
     config = resolve("fast", overrides=parse_overrides(["cpu_bf16=auto"]))
     assert config.cpu_bf16 == "auto" and resolve("fast").cpu_bf16 == "auto"  # the default
     assert resolve("fast", overrides=parse_overrides(["cpu_bf16=false"])).cpu_bf16 is False
