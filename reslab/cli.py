@@ -768,7 +768,7 @@ def _add_experiment(verbs: argparse._SubParsersAction) -> None:
     p.add_argument("--depth", type=int, default=20, help="shortcuts: the depth")
     p.add_argument("--seeds", type=positive_int,
                    help="seeds per network (default: the protocol's; without one, 3 for table6, else 1)")
-    p.add_argument("--seed", type=int, default=0, help="the first seed (0 or more)")
+    p.add_argument("--seed", type=int, default=0, help="the first seed")
     p.add_argument("--protocol", choices=["short", "full"],
                    help="short: the CPU protocol of docs/results.md; full: the paper's 64k iterations")
     p.add_argument("--budget", type=float, help="fraction of the recipe's length (paper: 64k iterations; "

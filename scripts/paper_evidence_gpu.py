@@ -151,9 +151,13 @@ def main(argv: list[str] | None = None) -> None:
         parser.error(f"--experiments: choose from {', '.join(EXPERIMENTS)}, got {args.experiments!r}")
     if args.depths is not None and not all(d.strip().isdigit() for d in args.depths.split(",")):
         parser.error(f"--depths: comma-separated whole numbers, got {args.depths!r}")
+    if args.seeds is not None and args.seeds < 1:
+        parser.error(f"--seeds: must be 1 or more, got {args.seeds}")
+    # Given means given: --budget 0 goes on to reslab's own check, not silently to the default.
+    budget_given = args.budget is not None
     out = Path(args.out)
     if args.smoke:
-        length = ["--recipe", args.recipe or "paper", "--budget", str(args.budget or 0.0005)]
+        length = ["--recipe", args.recipe or "paper", "--budget", str(args.budget if budget_given else 0.0005)]
         common = ["--data", "digits", "--set", "device=cpu", "--set", "batch_size=64"]
         depths6, use_compile = args.depths or "8,14", False
     else:
@@ -161,8 +165,8 @@ def main(argv: list[str] | None = None) -> None:
 
         if not torch.cuda.is_available():
             sys.exit("paper_evidence_gpu.py: no CUDA device here (use --smoke to test the script on the CPU)")
-        if args.recipe or args.budget:
-            length = ["--recipe", args.recipe or "paper", "--budget", str(args.budget or 1)]
+        if args.recipe or budget_given:
+            length = ["--recipe", args.recipe or "paper", "--budget", str(args.budget if budget_given else 1)]
         else:
             length = ["--protocol", "full"]
         common = ["--data", "cifar10", "--set", "device=cuda"]
@@ -176,7 +180,7 @@ def main(argv: list[str] | None = None) -> None:
     depths_deg = ",".join(d for d in depths6.split(",") if int(d) <= 56) or depths6  # Fig. 6's plain nets stop at 56
     common += [*length, "--jobs", str(args.jobs), "--out", str(out), "--quiet",
                "--set", f"compile={str(use_compile).lower()}"]
-    seeds = ["--seeds", str(args.seeds or 1)] if args.smoke or args.seeds else []  # else the protocol's
+    seeds = ["--seeds", str(args.seeds or 1)] if args.smoke or args.seeds is not None else []  # else the protocol's
     runs = {"table6": ["--depths", depths6], "degradation": ["--depths", depths_deg],
             "shortcuts": ["--depth", depths_deg.split(",")[0]]}
     for name in chosen:

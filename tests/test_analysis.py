@@ -429,6 +429,9 @@ def test_the_gpu_evidence_script_stops_its_members_on_one_sigint_and_a_rerun_fin
     assert "NOT FINISHED" not in report and "(n=2)" in report and "budget 0.02" in report
     assert "--experiments" in subprocess.run([sys.executable, str(script), "--experiments", "fig9"],
                                              capture_output=True, text=True).stderr
+    zero = subprocess.run([*command[:2], "--smoke", "--budget", "0", "--out", str(tmp_path / "zero")],
+                          capture_output=True, text=True)
+    assert zero.returncode == 2 and "--budget must be in (0, 1], got 0.0" in zero.stderr  # not read as "not given"
 
 
 def test_parallel_members_share_the_cores_this_process_may_use(tmp_path, monkeypatch):
