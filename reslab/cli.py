@@ -515,12 +515,18 @@ def cmd_analyze(args: argparse.Namespace) -> None:
         label = checkpoint.spec.name if checkpoint.spec.name not in results else f"{checkpoint.spec.name} ({path})"
         results[label] = layer_responses(checkpoint.build_model(), EvalLoader(arrays, 500, checkpoint.normalizer))
     out.mkdir(parents=True, exist_ok=True)  # only now: a bad checkpoint or dataset leaves no empty folder
-    lines = ["model,layer,name,std"] + [f"{m},{r.index},{r.name},{r.std:.6g}" for m, rs in results.items() for r in rs]
+    lines = ["model,layer,name,std,bn_scale"] + [
+        f"{m},{r.index},{r.name},{r.std:.6g},{'' if r.bn_scale is None else f'{r.bn_scale:.6g}'}"
+        for m, rs in results.items() for r in rs]
     atomic_write_text("\n".join(lines) + "\n", out / "responses.csv")
     response_figure(results, out / "responses.png")
     for model, rs in results.items():
+        scales = [r.bn_scale for r in rs if r.bn_scale is not None]
+        # What the BNs' gamma and beta alone predict: when it matches the mean std, the responses are
+        # the BN scales training chose (reslab/analysis/responses.py).
+        predicted = f", BN scales alone {sum(scales) / len(scales):.4f} over {len(scales)} BN layers" if scales else ""
         print(f"{model}: {len(rs)} layers, mean std {sum(r.std for r in rs) / len(rs):.4f}, "
-              f"max {max(r.std for r in rs):.4f}")
+              f"max {max(r.std for r in rs):.4f}{predicted}")
     print(f"wrote {out / 'responses.csv'} and {out / 'responses.png'}")
 
 

@@ -81,6 +81,31 @@ def test_deepen_refuses_option_c_and_bad_stages():
         deepen(trained_resnet(steps=1), add=1, stages=[4])
 
 
+def test_a_response_after_bn_is_what_its_scale_and_shift_make_of_normalised_input():
+    torch.manual_seed(1)
+    model = reslab.create_model("resnet", depth=8)
+    bns = [m for m in model.modules() if isinstance(m, nn.BatchNorm2d)]
+    with torch.no_grad():
+        for i, bn in enumerate(bns):  # scales and shifts far from their initial 1 and 0, different per layer
+            bn.weight.uniform_(0.2, 2.5).mul_(0.5 + 0.3 * i)
+            bn.bias.normal_(0.0, 0.7)
+    x = torch.randn(64, 3, 16, 16)
+    for bn in bns:  # running statistics exactly this batch's, so eval mode normalises it exactly
+        bn.reset_running_stats()
+        bn.momentum = None
+    model.train()
+    with torch.no_grad():
+        model(x)
+    measured = layer_responses(model, [(x, None)])
+    assert all(r.bn_scale is not None for r in measured)
+    for r in measured:
+        assert r.std == pytest.approx(r.bn_scale, rel=2e-3), r.name
+    assert max(r.std for r in measured) / min(r.std for r in measured) > 2  # the layers really differ
+    # Read back from an experiment member's responses.json, written before the field existed:
+    from reslab.analysis.responses import LayerResponse
+    assert LayerResponse(**{"index": 1, "name": "stem.bn", "std": 0.9}).bn_scale is None
+
+
 def test_response_std_matches_a_hand_computation():
     model = trained_resnet("resnet", depth=8)  # stem + one block per stage: 7 3x3 layers
     layers = response_layers(model)
@@ -214,6 +239,8 @@ def test_cli_deepen_then_continue_training(tmp_path):
     assert result.returncode == 0, result.stderr
     lines = (tmp_path / "resp" / "responses.csv").read_text().splitlines()
     assert len(lines) == 1 + 7 + 11 and (tmp_path / "resp" / "responses.png").exists()
+    assert lines[0] == "model,layer,name,std,bn_scale" and all(float(line.split(",")[4]) > 0 for line in lines[1:])
+    assert "BN scales alone" in result.stdout
 
 
 def test_parallel_members_finish_and_a_failing_member_is_named(tmp_path):

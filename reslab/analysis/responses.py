@@ -9,6 +9,12 @@ a BN is read after that BN (before the ReLU that comes next). The last conv of a
 has no BN after it: its output is the residual function F(x) itself, added to the shortcut as it is,
 so that raw output is its response. (So is a pre-activation stem's, a bare conv.) The BN that opens
 each block reads the running sum, not a conv, and is not measured.
+
+Where the response is read after a BN, its size is the BN's own choice: in eval mode the BN maps its
+input to roughly zero mean and unit variance per channel, then scales channel c by gamma_c and shifts it
+by beta_c, so over all elements the std is close to sqrt(mean(gamma^2) + var(beta)). ``bn_scale``
+records that figure beside the measured std. Fig. 7 is therefore a picture of the BN scales training
+settled on, and whatever moves them (weight decay on BN parameters above all) moves the figure.
 """
 
 from __future__ import annotations
@@ -24,6 +30,18 @@ class LayerResponse:
     index: int  # 1-based, in forward order
     name: str
     std: float
+    # sqrt(mean(gamma^2) + var(beta)) of the BN read, or None where the response is a conv's own output
+    # (and in responses recorded before this field existed).
+    bn_scale: float | None = None
+
+
+def bn_scale(bn: nn.BatchNorm2d) -> float | None:
+    """The std of ``bn``'s output over all elements if its input were exactly normalised per channel:
+    what its affine parameters alone make of the response. None for a BN without them."""
+    if bn.weight is None or bn.bias is None:
+        return None
+    gamma, beta = bn.weight.detach().double(), bn.bias.detach().double()
+    return (gamma.square().mean() + beta.var(unbiased=False)).sqrt().item()
 
 
 def response_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
@@ -59,8 +77,9 @@ def layer_responses(model: nn.Module, batches) -> list[LayerResponse]:
         for h in handles:
             h.remove()
     out = []
-    for i, (name, _) in enumerate(layers, start=1):
+    for i, (name, layer) in enumerate(layers, start=1):
         n, s, sq = sums[name].tolist()
         var = max(0.0, sq / n - (s / n) ** 2)
-        out.append(LayerResponse(i, name, var ** 0.5))
+        scale = bn_scale(layer) if isinstance(layer, nn.BatchNorm2d) else None
+        out.append(LayerResponse(i, name, var ** 0.5, scale))
     return out
