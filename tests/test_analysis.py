@@ -278,14 +278,16 @@ def test_parallel_members_finish_and_a_failing_member_is_named(tmp_path):
 def test_ctrl_c_stops_parallel_members_with_checkpoints_and_a_rerun_finishes(tmp_path):
     out = tmp_path / "int"
     command = [sys.executable, "-m", "reslab", "experiment", "shortcuts", "--depth", "8", "--data", "digits",
-               "--budget", "0.003", "--jobs", "2", "--set", "batch_size=64", "--set", "eval_every=1000",
+               "--budget", "0.006", "--jobs", "2", "--set", "batch_size=64", "--set", "eval_every=1000",
                "--out", str(out), "--quiet"]
     parent = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     members = out / "members"
+    # Stop once both first members have logged an epoch (of 6): they are training, not starting up or
+    # already finished. A fixed wait after run.json was too long on a fast CI machine (stop 33): both had
+    # finished their 3 epochs and the next two were still starting, so none had a checkpoint to keep.
     deadline = time.monotonic() + 120
-    while time.monotonic() < deadline and len(list(members.glob("*/run.json"))) < 2:  # both training
-        time.sleep(0.1)
-    time.sleep(0.5)
+    while time.monotonic() < deadline and len(list(members.glob("*/metrics.jsonl"))) < 2:
+        time.sleep(0.02)
     parent.send_signal(signal.SIGINT)
     _, err = parent.communicate(timeout=120)
     # Once (1 of 30+ CI runs, stop 14) this read 0: the whole experiment had finished. Say what it printed.
@@ -302,7 +304,7 @@ def test_ctrl_c_stops_parallel_members_with_checkpoints_and_a_rerun_finishes(tmp
         torch.set_num_threads(threads)  # the stopped members' configs hold one thread each
     assert rerun.returncode == 0, rerun.stderr
     histories = json.loads((out / "shortcuts.json").read_text())["histories"]
-    assert len(histories) == 4 and all(h[-1]["step"] == 192 for h in histories.values())
+    assert len(histories) == 4 and all(h[-1]["step"] == 384 for h in histories.values())
 
 
 def test_a_requested_stop_starts_no_member_and_reads_as_ctrl_c(tmp_path, monkeypatch):
