@@ -392,7 +392,14 @@ def test_protocol_sets_recipe_budget_and_seeds(tmp_path):
     short = PROTOCOLS["short"]
     assert short.recipe == "fast" and short.seeds_for("table6") >= 3 and short.seeds_for("degradation") >= 2
     settings = ExperimentSettings(out=tmp_path, recipe=short.recipe, budget=short.budget, protocol="short")
-    assert member_config(settings, Member("r", "resnet", 20, 0, {"model": "resnet20"})).schedule == "onecycle"
+    member = Member("r", "resnet", 20, 0, {"model": "resnet20"})
+    assert member_config(settings, member).schedule == "onecycle"
+    # The fast recipe exempts BN from weight decay; the short protocol decays it, as the paper did (Fig. 7
+    # measures the BN scales), and a --set still wins over the protocol.
+    assert member_config(settings, member).no_decay_bn_bias is False
+    assert member_config(ExperimentSettings(out=tmp_path, recipe="fast"), member).no_decay_bn_bias is True
+    mine = ExperimentSettings(out=tmp_path, recipe="fast", protocol="short", extra={"no_decay_bn_bias": True})
+    assert member_config(mine, member).no_decay_bn_bias is True
     from reslab.analysis.experiments import _budget_note
 
     assert _budget_note(settings).startswith("Protocol: short (the fast recipe")

@@ -34,6 +34,7 @@ from ..train.config import TrainConfig, resolve
 from ..train.history import read_history
 from ..train.interrupt import StopFlag, say_while_stopping
 from ..train.loop import fit, resume_run
+from .protocols import protocol
 
 POLL_S = 1.0  # how often a parallel experiment checks whether a member finished
 STOP_WAIT_S = 60  # how long an interrupted member may take to write its checkpoint
@@ -85,7 +86,10 @@ class ExperimentSettings:
             values.update(iterations=max(1, round(length.iterations * self.budget)), epochs=None)
         elif length.epochs:
             values.update(epochs=length.epochs * self.budget, iterations=None)
-        return {**values, **self.extra}
+        return {**values, **self.protocol_settings(), **self.extra}
+
+    def protocol_settings(self) -> dict[str, Any]:
+        return dict(protocol(self.protocol).settings) if self.protocol else {}
 
 
 def member_dir(settings: ExperimentSettings, member: Member) -> Path:

@@ -2,10 +2,15 @@
 and over how many seeds.
 
 ``full`` is the paper's (Sec. 4.2: 64k iterations, lr 0.1 divided by 10 at 32k and 48k); it needs a
-GPU. ``short`` is the shortest budget measured that shows the degradation problem (Fig. 1) and each
-ResNet far below its plain twin (Fig. 6) on a 2-core CPU; the order of Table 6 needs longer.
-docs/results.md ("The paper's evidence, the paper's way round") has the measurements, and says which
-claims it shows and which it does not.
+GPU. ``short`` is the shortest budget measured that shows the degradation problem (Fig. 1), each
+ResNet far below its plain twin (Fig. 6) and the layer responses of Fig. 7 on a 2-core CPU; the order of
+Table 6 needs longer. docs/results.md ("The paper's evidence, the paper's way round") has the
+measurements, and says which claims it shows and which it does not.
+
+Why weight decay on BN in ``short``? The responses of Fig. 7 are, layer for layer, what each BN's scale
+and shift make of a normalised input (reslab/analysis/responses.py), so they measure how far weight
+decay pulled the scales down. The paper decayed every parameter; the fast recipe exempts BN, and then
+the scales stay near 1 and the responses grow with depth, the opposite of Fig. 7.
 
 Why not the paper's schedule, shortened? Cut to 2-3% of its length it drops the learning rate after
 fewer than 3 epochs, before the deeper ResNets have caught up, so ResNet-56 ended far *behind*
@@ -14,7 +19,8 @@ ResNet-20 (47.3% vs 24.8% validation error at 1,920 iterations): the opposite of
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 from ..errors import ConfigError
 
@@ -28,6 +34,7 @@ class Protocol:
     budget: float  # fraction of the recipe's own length (paper: 64k iterations; fast: 40 epochs)
     seeds: dict[str, int]  # per experiment; the spread between seeds is part of each claim
     about: str
+    settings: dict[str, Any] = field(default_factory=dict)  # training settings it fixes (--set still wins)
 
     def seeds_for(self, experiment: str) -> int:
         return self.seeds[experiment]
@@ -37,7 +44,8 @@ SHORT_EPOCHS = 4  # of the fast recipe's 40 (one-cycle, so the schedule ends ann
 
 PROTOCOLS = {
     "short": Protocol("short", "fast", SHORT_EPOCHS / 40, {"degradation": 2, "table6": 3, "shortcuts": 2},
-                      f"the fast recipe (one-cycle) for {SHORT_EPOCHS} epochs"),
+                      f"the fast recipe (one-cycle) for {SHORT_EPOCHS} epochs, with weight decay on every "
+                      "parameter as in the paper", {"no_decay_bn_bias": False}),
     "full": Protocol("full", "paper", 1.0, {"degradation": 2, "table6": 5, "shortcuts": 2},
                      "the paper's recipe, 64k iterations (Sec. 4.2)"),
 }
