@@ -402,6 +402,8 @@ def test_protocol_sets_recipe_budget_and_seeds(tmp_path):
     assert member_config(mine, member).no_decay_bn_bias is True
     from reslab.analysis.experiments import _budget_note
 
+    assert "Set for every member: no_decay_bn_bias=True." in _budget_note(mine)  # the report says so
+    assert "Set for every member" not in _budget_note(settings)
     assert _budget_note(settings).startswith("Protocol: short (the fast recipe")
 
 

@@ -272,12 +272,14 @@ def _shortcut_claims(found: dict[str, list[History]]) -> list[str]:
 
 
 def _budget_note(settings: ExperimentSettings) -> str:
+    note = _length_note(settings)
+    if settings.extra:  # a reader should see what --set changed, a protocol's own settings included
+        note += " Set for every member: " + ", ".join(f"{k}={v}" for k, v in settings.extra.items()) + "."
     if settings.protocol:
         from .protocols import protocol
 
-        return (f"Protocol: {settings.protocol} ({protocol(settings.protocol).about}). "
-                + _length_note(settings))
-    return _length_note(settings)
+        return f"Protocol: {settings.protocol} ({protocol(settings.protocol).about}). " + note
+    return note
 
 
 def _length_note(settings: ExperimentSettings) -> str:

@@ -86,10 +86,8 @@ class ExperimentSettings:
             values.update(iterations=max(1, round(length.iterations * self.budget)), epochs=None)
         elif length.epochs:
             values.update(epochs=length.epochs * self.budget, iterations=None)
-        return {**values, **self.protocol_settings(), **self.extra}
-
-    def protocol_settings(self) -> dict[str, Any]:
-        return dict(protocol(self.protocol).settings) if self.protocol else {}
+        fixed = protocol(self.protocol).settings if self.protocol else {}
+        return {**values, **fixed, **self.extra}  # --set wins over the protocol
 
 
 def member_dir(settings: ExperimentSettings, member: Member) -> Path:

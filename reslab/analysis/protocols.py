@@ -2,10 +2,11 @@
 and over how many seeds.
 
 ``full`` is the paper's (Sec. 4.2: 64k iterations, lr 0.1 divided by 10 at 32k and 48k); it needs a
-GPU. ``short`` is the shortest budget measured that shows the degradation problem (Fig. 1), each
-ResNet far below its plain twin (Fig. 6) and the layer responses of Fig. 7 on a 2-core CPU; the order of
-Table 6 needs longer. docs/results.md ("The paper's evidence, the paper's way round") has the
-measurements, and says which claims it shows and which it does not.
+GPU. ``short`` is the shortest budget measured that shows, on a 2-core CPU, the degradation problem
+(Fig. 1), each ResNet far below its plain twin (Fig. 6), Table 6's order up to 44 layers and the
+ResNets' layer responses below the plain nets' (Fig. 7); ResNet-56 below ResNet-44 and Fig. 7's
+deeper-is-smaller beyond 32 layers need longer. docs/results.md ("The paper's evidence, the paper's way
+round") has the measurements, and says which claims it shows and which it does not.
 
 Why weight decay on BN in ``short``? The responses of Fig. 7 are, layer for layer, what each BN's scale
 and shift make of a normalised input (reslab/analysis/responses.py), so they measure how far weight
