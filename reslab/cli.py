@@ -775,8 +775,9 @@ def _add_experiment(verbs: argparse._SubParsersAction) -> None:
     p.add_argument("--seeds", type=positive_int,
                    help="seeds per network (default: the protocol's; without one, 3 for table6, else 1)")
     p.add_argument("--seed", type=int, default=0, help="the first seed")
-    p.add_argument("--protocol", choices=["short", "full"],
-                   help="short: the CPU protocol of docs/results.md; full: the paper's 64k iterations")
+    p.add_argument("--protocol", choices=["short", "medium", "full"],
+                   help="short: 4 epochs, the CPU protocol of docs/results.md; medium: 10 epochs (Table 6 in "
+                   "hours on a CPU); full: the paper's 64k iterations")
     p.add_argument("--budget", type=float, help="fraction of the recipe's length (paper: 64k iterations; "
                    "fast: 40 epochs); default 1")
     p.add_argument("--recipe", help="default paper")

@@ -405,6 +405,15 @@ def test_protocol_sets_recipe_budget_and_seeds(tmp_path):
     assert "Set for every member: no_decay_bn_bias=True." in _budget_note(mine)  # the report says so
     assert "Set for every member" not in _budget_note(settings)
     assert _budget_note(settings).startswith("Protocol: short (the fast recipe")
+    # Every protocol can be named on the command line (argparse accepts it: the protocol's own check answers),
+    # and medium is short made 2.5x longer.
+    for name in PROTOCOLS:
+        named = cli("experiment", "table6", "--protocol", name, "--recipe", "fast", "--out", str(tmp_path / "y"))
+        assert named.returncode == 2 and "--protocol sets the recipe and budget" in named.stderr, name
+    medium = PROTOCOLS["medium"]
+    longer = member_config(ExperimentSettings(out=tmp_path, recipe="fast", budget=medium.budget, protocol="medium"),
+                           member)
+    assert (longer.epochs, longer.no_decay_bn_bias) == (10, False) and medium.seeds == short.seeds
 
 
 def test_budget_shortens_any_recipe(tmp_path):
