@@ -273,7 +273,7 @@ def _shortcut_claims(found: dict[str, list[History]]) -> list[str]:
 
 def _budget_note(settings: ExperimentSettings) -> str:
     note = _length_note(settings)
-    if settings.extra:  # a reader should see what --set changed, a protocol's own settings included
+    if settings.extra:  # a reader should see what --set changed, an override of the protocol included
         note += " Set for every member: " + ", ".join(f"{k}={v}" for k, v in settings.extra.items()) + "."
     if settings.protocol:
         from .protocols import protocol
