@@ -22,9 +22,10 @@ Commit the folder without checkpoints (``*.pt``) to keep the evidence; reports a
 with ``reslab experiment NAME --protocol full --report-only --out FOLDER``.
 
 A shorter run for a GPU lent for minutes, not hours (the full protocol is many GPU-hours of members):
-``--budget 0.1`` (6.4k iterations of the paper's recipe), ``--recipe fast --budget 0.5`` (20 epochs),
-``--depths 20,32,44,56``, ``--seeds 3``, ``--experiments table6``. A run with any of these is no
-longer the full protocol, and its reports say which recipe and budget they come from.
+``--protocol medium`` (the CPU protocol that shows Table 6 and Fig. 7: 10 epochs of ``fast``, BN
+decayed), ``--budget 0.1`` (6.4k iterations of the paper's recipe), ``--recipe fast --budget 0.5``
+(20 epochs), ``--depths 20,32,44,56``, ``--seeds 3``, ``--experiments table6``. A run with any of
+these is no longer the full protocol, and its reports say which recipe and budget they come from.
 
 ``--smoke`` runs the whole script on the CPU on scikit-learn's digits at a tiny budget, to test it
 where there is no GPU.
@@ -43,6 +44,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+
+from reslab.analysis.protocols import PROTOCOLS  # noqa: E402 - after the path is set
 
 TABLE6_DEPTHS = "20,32,44,56,110"
 EXPERIMENTS = ("table6", "degradation", "shortcuts")
@@ -132,12 +135,22 @@ def prepare_cifar10(data_root: str | None) -> None:
     load_dataset("cifar10", "train", DataOptions(root=data_root))
 
 
+def length_arguments(protocol: str | None, recipe: str | None, budget: float | None) -> list[str]:
+    """How long each member trains, as ``reslab experiment`` arguments: a named protocol (``full``
+    unless told), or a recipe cut to a budget (the paper's, whole, unless told)."""
+    if recipe is not None or budget is not None:
+        return ["--recipe", recipe or "paper", "--budget", str(1 if budget is None else budget)]
+    return ["--protocol", protocol or "full"]
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data-root", help="folder with CIFAR-10 (downloaded there if absent)")
     parser.add_argument("--out", default="runs/evidence-full")
     parser.add_argument("--jobs", type=int, default=8, help="members trained at once on the GPU")
     parser.add_argument("--compile-gain", type=float, default=1.15)
+    parser.add_argument("--protocol", choices=sorted(PROTOCOLS),
+                        help="a named protocol instead of full (medium: 10 epochs of fast, BN decayed)")
     parser.add_argument("--recipe", help="instead of the full protocol: this recipe (default paper with --budget)")
     parser.add_argument("--budget", type=float, help="instead of the full protocol: this fraction of the recipe")
     parser.add_argument("--depths", help=f"ResNet depths (default {TABLE6_DEPTHS}; degradation: up to 56)")
@@ -153,6 +166,10 @@ def main(argv: list[str] | None = None) -> None:
         parser.error(f"--depths: comma-separated whole numbers, got {args.depths!r}")
     if args.seeds is not None and args.seeds < 1:
         parser.error(f"--seeds: must be 1 or more, got {args.seeds}")
+    if args.protocol and (args.recipe or args.budget is not None):
+        parser.error("--protocol fixes the recipe and budget; give either it or --recipe/--budget")
+    if args.protocol and args.smoke:
+        parser.error("--smoke runs at its own tiny budget; --protocol is for the GPU run")
     # Given means given: --budget 0 goes on to reslab's own check, not silently to the default.
     budget_given = args.budget is not None
     out = Path(args.out)
@@ -165,10 +182,7 @@ def main(argv: list[str] | None = None) -> None:
 
         if not torch.cuda.is_available():
             sys.exit("paper_evidence_gpu.py: no CUDA device here (use --smoke to test the script on the CPU)")
-        if args.recipe or budget_given:
-            length = ["--recipe", args.recipe or "paper", "--budget", str(args.budget if budget_given else 1)]
-        else:
-            length = ["--protocol", "full"]
+        length = length_arguments(args.protocol, args.recipe, args.budget)
         common = ["--data", "cifar10", "--set", "device=cuda"]
         if args.data_root:
             common += ["--data-root", args.data_root]

@@ -1,5 +1,6 @@
 """The paper's evidence, mechanics only: tiny depths, few steps, tiny data."""
 
+import importlib.util
 import json
 import re
 import signal
@@ -479,6 +480,23 @@ def test_the_gpu_evidence_script_stops_its_members_on_one_sigint_and_a_rerun_fin
     zero = subprocess.run([*command[:2], "--smoke", "--budget", "0", "--out", str(tmp_path / "zero")],
                           capture_output=True, text=True)
     assert zero.returncode == 2 and "--budget must be in (0, 1], got 0.0" in zero.stderr  # not read as "not given"
+
+
+def test_the_gpu_evidence_script_runs_a_named_protocol_or_a_recipe_cut_to_a_budget():
+    """The GPU script passes --protocol medium through (a GPU lent for minutes runs the CPU evidence
+    protocol), runs full unless told, and refuses a protocol together with a recipe or budget."""
+    script = Path(__file__).resolve().parents[1] / "scripts" / "paper_evidence_gpu.py"
+    spec = importlib.util.spec_from_file_location("paper_evidence_gpu", script)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    assert module.length_arguments(None, None, None) == ["--protocol", "full"]
+    assert module.length_arguments("medium", None, None) == ["--protocol", "medium"]
+    assert module.length_arguments(None, "fast", 0.5) == ["--recipe", "fast", "--budget", "0.5"]
+    assert module.length_arguments(None, None, 0.1) == ["--recipe", "paper", "--budget", "0.1"]
+    for extra in (["--recipe", "fast"], ["--budget", "0.5"], ["--smoke"]):
+        refused = subprocess.run([sys.executable, str(script), "--protocol", "medium", *extra],
+                                 capture_output=True, text=True, timeout=60)
+        assert refused.returncode == 2 and "--protocol" in refused.stderr.splitlines()[-1], extra
 
 
 def test_parallel_members_share_the_cores_this_process_may_use(tmp_path, monkeypatch):
