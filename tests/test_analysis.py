@@ -161,6 +161,9 @@ def test_degradation_experiment_writes_figures_table_report_and_resumes(tmp_path
     row = next(line for line in text.splitlines() if line.startswith("| ResNet-14"))
     assert f"{mean_response(responses['resnet14-seed0']):.2f} (n=1)" in row
     assert "Fig. 7: The expected order of layer response (deeper ResNets smaller) (ResNet-8 > ResNet-14)" in text
+    # Table 6 drawn (error by depth, every seed) and Fig. 7's layout for its depths, both in the report.
+    for figure in ("table6-errors.png", "table6-responses.png"):
+        assert (out / figure).stat().st_size > 0 and f"![{figure}]({figure})" in text
 
 
 def test_a_report_is_rebuilt_from_committed_metrics_alone(tmp_path):

@@ -26,6 +26,8 @@ from ..train.config import resolve
 from ..train.schedules import milestone_steps
 from .claims import Spread, above_throughout, decreasing, mean_response, spread
 from .members import ExperimentSettings, Member, arithmetic, family_net, member_dir, run_members
+from .plots import errors_by_depth, response_figure
+from .responses import LayerResponse
 
 __all__ = ["ExperimentSettings", "degradation", "table6", "shortcuts"]
 
@@ -98,19 +100,24 @@ def _degradation_figures(settings: ExperimentSettings, depths: list[int], seed: 
         error_curves({shallow: plain_runs[shallow], deep: plain_runs[deep]}, settings.out / "degradation-figure1.png",
                      f"{shallow} vs {deep} (paper Fig. 1)")
         figures.append("degradation-figure1.png")
-    from .plots import response_figure
-    from .responses import LayerResponse
-
-    curves = {}
-    for kind in ("plain", "resnet"):
-        for d in depths:
-            path = member_dir(settings, members[kind, d, seed]) / "responses.json"
-            if path.exists():
-                curves[f"{kind}-{d}"] = [LayerResponse(**r) for r in json.loads(path.read_text())]
-    if curves:
-        response_figure(curves, settings.out / "degradation-responses.png")
-        figures.append("degradation-responses.png")
+    figures += _responses_figure(settings, {f"{kind}-{d}": members[kind, d, seed]
+                                            for kind in ("plain", "resnet") for d in depths},
+                                 "degradation-responses.png")
     return figures
+
+
+def _responses_figure(settings: ExperimentSettings, labelled: dict[str, Member], name: str) -> list[str]:
+    """Fig. 7's layout drawn from the members' recorded responses (those that have them), as
+    ``[name]``, or ``[]`` when none has."""
+    curves = {}
+    for label, member in labelled.items():
+        path = member_dir(settings, member) / "responses.json"
+        if path.exists():
+            curves[label] = [LayerResponse(**r) for r in json.loads(path.read_text())]
+    if not curves:
+        return []
+    response_figure(curves, settings.out / name)
+    return [name]
 
 
 def _degradation_claims(depths: list[int], runs) -> list[str]:
@@ -203,6 +210,13 @@ def table6(settings: ExperimentSettings, depths: list[int], seeds: int, first_se
         rows.append([f"ResNet-{d}", len(errors[d].values), errors[d].text(),
                      ", ".join(f"{100 * v:.2f}" for v in errors[d].values), "" if paper is None else f"{paper:.2f}",
                      responses[d].text(1.0)])
+    figures = []
+    if any(e.values for e in errors.values()):
+        seed_errors = {d: errors[d].values for d in depths if errors[d].values}
+        errors_by_depth(seed_errors, {d: PAPER_ERRORS[f"resnet{d}"][0] for d in seed_errors
+                                      if f"resnet{d}" in PAPER_ERRORS}, settings.out / "table6-errors.png")
+        figures.append("table6-errors.png")
+    figures += _responses_figure(settings, {f"resnet-{d}": members[d][0] for d in depths}, "table6-responses.png")
     claims = []
     if len(depths) > 1 and all(e.values for e in errors.values()):
         claims.append(decreasing({f"ResNet-{d}": errors[d] for d in depths}).sentence("validation error"))
@@ -213,7 +227,7 @@ def table6(settings: ExperimentSettings, depths: list[int], seeds: int, first_se
                          "ResNets of each depth over several seeds, identical recipe. Layer response (Fig. 7): "
                          "the mean over 3x3 layers of each layer's response std on the evaluation split.",
                          ["network", "seeds", "val err % (mean +- std)", "per seed", "paper test err %",
-                          "layer response"], rows, histories, every, [], claims)
+                          "layer response"], rows, histories, every, figures, claims)
 
 
 SHORTCUT_OPTIONS = {"A": "zero-padding identity", "B": "projection when the shape changes",
