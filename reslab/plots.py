@@ -12,6 +12,15 @@ matplotlib.use("Agg")  # files only; never needs a display
 import matplotlib.pyplot as plt  # noqa: E402
 
 
+def save(fig: Any, path: Path) -> Path:
+    """Write a finished figure (laid out, 120 dpi) and free it: figures are made in loops, and pyplot
+    keeps every open one alive."""
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return Path(path)
+
+
 def _draw_curves(ax: Any, histories: dict[str, list[dict[str, Any]]], title: str | None) -> None:
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     for i, (label, history) in enumerate(histories.items()):
@@ -34,10 +43,7 @@ def _draw_curves(ax: Any, histories: dict[str, list[dict[str, Any]]], title: str
 def error_curves(histories: dict[str, list[dict[str, Any]]], path: Path, title: str | None = None) -> Path:
     fig, ax = plt.subplots(figsize=(6, 4))
     _draw_curves(ax, histories, title)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return Path(path)
+    return save(fig, path)
 
 
 def error_curve_panels(panels: Sequence[tuple[str, dict[str, list[dict[str, Any]]]]], path: Path) -> Path:
@@ -45,10 +51,7 @@ def error_curve_panels(panels: Sequence[tuple[str, dict[str, list[dict[str, Any]
     fig, axes = plt.subplots(1, len(panels), figsize=(5.5 * len(panels), 4), sharey=True, squeeze=False)
     for ax, (title, histories) in zip(axes[0], panels):
         _draw_curves(ax, histories, title)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return Path(path)
+    return save(fig, path)
 
 
 def confusion_matrix(matrix: Any, classes: Sequence[str], path: Path) -> Path:
@@ -63,7 +66,4 @@ def confusion_matrix(matrix: Any, classes: Sequence[str], path: Path) -> Path:
         for i in range(len(classes)):
             for j in range(len(classes)):
                 ax.text(j, i, int(matrix[i][j]), ha="center", va="center", fontsize=6)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return Path(path)
+    return save(fig, path)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..plots import plt  # the Agg-configured pyplot
+from ..plots import plt, save  # the Agg-configured pyplot
 from .responses import LayerResponse
 
 
@@ -21,10 +21,7 @@ def response_figure(results: dict[str, list[LayerResponse]], path: Path) -> Path
         ax.set_ylabel("std")
         ax.grid(alpha=0.3)
     top.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return Path(path)
+    return save(fig, path)
 
 
 def errors_by_depth(seed_errors: dict[int, tuple[float, ...]], paper: dict[int, float], path: Path) -> Path:
@@ -45,7 +42,4 @@ def errors_by_depth(seed_errors: dict[int, tuple[float, ...]], paper: dict[int, 
     ax.set_xticks(depths)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return Path(path)
+    return save(fig, path)
