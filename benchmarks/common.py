@@ -37,9 +37,21 @@ def median_time(fn: Callable[[], None], repeats: int) -> tuple[float, list[float
     return statistics.median(times), times
 
 
+def cpu_flags() -> list[str]:
+    """The CPU's vector and matrix extensions as ``lscpu`` lists them (AVX2, AVX-512, AMX): they decide
+    whether bf16 is native, so every measurement carries them."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return []
+    flags = next((line.split(":", 1)[1].split() for line in text.splitlines() if line.startswith("flags")), [])
+    return sorted(f for f in flags if f.startswith(("avx512", "amx")) or f == "avx2")
+
+
 def machine() -> dict:
     return {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
-            "cpus": os.cpu_count(), "torch": torch.__version__, "threads": torch.get_num_threads(),
+            "cpus": os.cpu_count(), "cpu_flags": cpu_flags(), "torch": torch.__version__,
+            "threads": torch.get_num_threads(),
             "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}
 
 

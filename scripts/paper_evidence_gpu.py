@@ -137,7 +137,8 @@ def prepare_cifar10(data_root: str | None) -> None:
 
 def length_arguments(protocol: str | None, recipe: str | None, budget: float | None) -> list[str]:
     """How long each member trains, as ``reslab experiment`` arguments: a named protocol (``full``
-    unless told), or a recipe cut to a budget (the paper's, whole, unless told)."""
+    unless told), or a recipe cut to a budget (the paper's, whole, unless told). A budget given is
+    passed on whatever it is (0 included) for reslab's own check, never read as "not given"."""
     if recipe is not None or budget is not None:
         return ["--recipe", recipe or "paper", "--budget", str(1 if budget is None else budget)]
     return ["--protocol", protocol or "full"]
@@ -170,11 +171,9 @@ def main(argv: list[str] | None = None) -> None:
         parser.error("--protocol fixes the recipe and budget; give either it or --recipe/--budget")
     if args.protocol and args.smoke:
         parser.error("--smoke runs at its own tiny budget; --protocol is for the GPU run")
-    # Given means given: --budget 0 goes on to reslab's own check, not silently to the default.
-    budget_given = args.budget is not None
     out = Path(args.out)
     if args.smoke:
-        length = ["--recipe", args.recipe or "paper", "--budget", str(args.budget if budget_given else 0.0005)]
+        length = length_arguments(None, args.recipe, 0.0005 if args.budget is None else args.budget)
         common = ["--data", "digits", "--set", "device=cpu", "--set", "batch_size=64"]
         depths6, use_compile = args.depths or "8,14", False
     else:

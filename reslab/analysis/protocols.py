@@ -7,8 +7,9 @@ GPU. ``short`` is the shortest budget measured that shows, on a 2-core CPU, the 
 ResNets' layer responses below the plain nets' (Fig. 7); ResNet-56 below ResNet-44 and Fig. 7's
 deeper-is-smaller beyond 32 layers need longer. ``medium``, the same for 10 epochs, shows both
 (ResNet-20 > 32 > 44 > 56 in error and in response, three seeds; 7 epochs left ResNet-56 level with
-ResNet-44); Table 6's three seeds take three to four hours on such a CPU. docs/results.md ("The paper's evidence, the paper's way round") has the measurements, and
-says which claims each budget shows and which it does not.
+ResNet-44); Table 6's three seeds take three to four hours on such a CPU. docs/results.md ("The
+paper's evidence, the paper's way round") has the measurements, and says which claims each budget
+shows and which it does not.
 
 Why weight decay on BN in ``short``? The responses of Fig. 7 are, layer for layer, what each BN's scale
 and shift make of a normalised input (reslab/analysis/responses.py), so they measure how far weight
